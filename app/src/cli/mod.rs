@@ -1,0 +1,73 @@
+//! Command-line subcommands, one file each. The contract (flags, output formats) is in
+//! ARCHITECTURE.md; tests and benchmarks rely on it.
+
+mod info;
+mod logits;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use pocketvlm_engine::{BackendKind, LoadOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pocketvlm",
+    version,
+    about = "Chat with small vision-language models, locally"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Commands>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Generate an answer, streaming text to stdout and timings to stderr.
+    Run(run::RunArgs),
+    /// Write the logits for every position of a token sequence (f32 LE, positions × vocab).
+    Logits(logits::LogitsArgs),
+    /// Describe a model: family, sizes, dtypes, tokenizer, template.
+    Info(info::InfoArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A Hugging Face checkpoint directory.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Where to run: cpu, gpu or auto.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// CPU threads (default: all available).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context window in tokens (default: the model's maximum).
+    #[arg(long = "ctx")]
+    context: Option<usize>,
+}
+
+impl ModelArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            backend: self.backend,
+            threads: self.threads,
+            context_len: self.context,
+        }
+    }
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Commands::Run(a)) => run::run(a),
+        Some(Commands::Logits(a)) => logits::run(a),
+        Some(Commands::Info(a)) => info::run(a),
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            println!("\n\nThe desktop app is not built yet; use a subcommand.");
+            Ok(())
+        }
+    }
+}

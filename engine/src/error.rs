@@ -1,0 +1,105 @@
+//! One error type for the whole engine. Every variant that comes from a file names the file
+//! and says what is wrong with it, so a CLI user sees one readable line and a GUI can show
+//! the same text; tests match on the variant (the error's kind).
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+
+    /// A model file (safetensors header, index, tensor data) is malformed or truncated.
+    #[error("{}: invalid model file: {reason}", path.display())]
+    BadModelFile { path: PathBuf, reason: String },
+
+    /// config.json lacks a key the model needs.
+    #[error("{}: missing key `{key}`", path.display())]
+    MissingConfigKey { path: PathBuf, key: String },
+
+    /// config.json has a key with a value we cannot use (wrong type, out of range, unknown).
+    #[error("{}: key `{key}`: {reason}", path.display())]
+    BadConfigValue {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
+    /// The checkpoint's architecture / model_type is not one we implement.
+    #[error("{}: unsupported architecture `{arch}` (supported: {supported})", path.display())]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        arch: String,
+        supported: String,
+    },
+
+    #[error("{}: tensor `{name}` not found", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+
+    #[error("{}: tensor `{name}` has shape {actual:?}, expected {expected:?}", path.display())]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error("{}: tensor `{name}` has dtype {dtype}, which is not supported here", path.display())]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
+    #[error("{}: tokenizer: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
+
+    #[error("chat template: {0}")]
+    Template(String),
+
+    /// The prompt (plus the tokens to generate) does not fit in the model's context window.
+    #[error("prompt is {prompt} tokens but the context window holds {context}")]
+    ContextOverflow { prompt: usize, context: usize },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("no model is loaded")]
+    NoModel,
+
+    #[error("cancelled")]
+    Cancelled,
+
+    /// The engine thread stopped (it panicked or was shut down).
+    #[error("engine thread stopped: {0}")]
+    EngineStopped(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+
+    pub(crate) fn bad_file(path: &Path, reason: impl Into<String>) -> Self {
+        Error::BadModelFile {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn bad_value(path: &Path, key: &str, reason: impl Into<String>) -> Self {
+        Error::BadConfigValue {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The prefill/decode loop, stop conditions, cancellation and streaming detokenisation.
+
+pub mod sampler;
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::load::tokenizer::Tokenizer;
+use crate::metrics::{TurnMetrics, ms_since};
+use crate::model::llama::PREFILL_CHUNK;
+use crate::model::{LanguageModel, Logits};
+pub use sampler::{Sampler, SamplingParams};
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StopReason {
+    /// The model produced an end-of-sequence token (not included in the output).
+    Eos,
+    MaxTokens,
+    Cancelled,
+    /// The KV cache is full.
+    ContextFull,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub metrics: TurnMetrics,
+}
+
+/// Runs `prompt` through the model from position 0 and samples up to `params.max_tokens`
+/// tokens, calling `on_token` for each (EOS excluded). `cancelled` is polled between
+/// prefill chunks and before every decode step, so a cancel takes effect within one step.
+pub fn generate(
+    model: &mut dyn LanguageModel,
+    prompt: &[u32],
+    params: &SamplingParams,
+    stop_ids: &[u32],
+    cancelled: &dyn Fn() -> bool,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
+    params.validate().map_err(Error::InvalidArgument)?;
+    if prompt.is_empty() {
+        return Err(Error::InvalidArgument("the prompt is empty".into()));
+    }
+    let context = model.context_len();
+    if prompt.len() >= context {
+        return Err(Error::ContextOverflow {
+            prompt: prompt.len(),
+            context,
+        });
+    }
+    let start = Instant::now();
+    let mut metrics = TurnMetrics {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let mut sampler = Sampler::new(params.clone());
+    let mut all: Vec<u32> = prompt.to_vec();
+    let mut out = Vec::new();
+    let finish = |tokens, stop, mut metrics: TurnMetrics| {
+        metrics.total_ms = ms_since(start);
+        Ok(Generation {
+            tokens,
+            stop,
+            metrics,
+        })
+    };
+
+    // Prefill, chunk by chunk so that a cancel is honoured between chunks.
+    let mut logits = Vec::new();
+    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        if cancelled() {
+            return finish(out, StopReason::Cancelled, metrics);
+        }
+        logits = model.forward(chunk, i * PREFILL_CHUNK, Logits::Last)?;
+    }
+    metrics.prefill_ms = ms_since(start);
+
+    let decode_start = Instant::now();
+    let mut pos = prompt.len();
+    loop {
+        let next = sampler.sample(&mut logits, &all);
+        if out.is_empty() {
+            metrics.ttft_ms = ms_since(start);
+        }
+        if !params.ignore_eos && stop_ids.contains(&next) {
+            metrics.decode_ms = ms_since(decode_start);
+            return finish(out, StopReason::Eos, metrics);
+        }
+        out.push(next);
+        all.push(next);
+        metrics.generated_tokens = out.len();
+        on_token(next)?;
+        let stop = if out.len() >= params.max_tokens {
+            Some(StopReason::MaxTokens)
+        } else if pos + 1 >= context {
+            Some(StopReason::ContextFull)
+        } else if cancelled() {
+            Some(StopReason::Cancelled)
+        } else {
+            None
+        };
+        if let Some(stop) = stop {
+            metrics.decode_ms = ms_since(decode_start);
+            return finish(out, stop, metrics);
+        }
+        logits = model.forward(&[next], pos, Logits::Last)?;
+        pos += 1;
+    }
+}
+
+/// Turns a growing token sequence into text deltas without splitting UTF-8 characters
+/// (a byte-level BPE token can end mid-character) and without losing the spaces that
+/// SentencePiece decoders strip at the start of a sequence.
+#[derive(Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl TextStream {
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read], true)?;
+        let now = tokenizer.decode(&self.ids[self.prefix..], true)?;
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+            let delta = match now.strip_prefix(&before) {
+                Some(d) => d.to_string(),
+                None => now.get(before.len()..).unwrap_or_default().to_string(),
+            };
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(Some(delta))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Text held back at the end (an incomplete character is emitted as U+FFFD).
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read], true)?;
+        let now = tokenizer.decode(&self.ids[self.prefix..], true)?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(now.get(before.len()..).unwrap_or_default().to_string())
+    }
+}

@@ -1,0 +1,5 @@
+//! Reading models from disk: safetensors checkpoints, config.json, tokenizers.
+
+pub mod hf;
+pub mod safetensors;
+pub mod tokenizer;

@@ -1,0 +1,410 @@
+//! safetensors files (memory-mapped, header bounds-checked) and Hugging Face checkpoint
+//! directories (one `model.safetensors`, or shards listed by `model.safetensors.index.json`).
+//!
+//! Format: `u64 LE header length N`, `N bytes of JSON` mapping each tensor name to
+//! `{dtype, shape, data_offsets: [begin, end]}` (offsets relative to the byte after the
+//! header), then the data. Nothing in a file is trusted: every length and offset is checked
+//! against the file size before any byte is read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, HostTensor, Storage};
+
+/// Headers larger than this are refused (real ones are well under 10 MB).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// Where one tensor lives in a safetensors file.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    /// The dtype string as written in the header (`F32`, `BF16`, `I64`, ...).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One memory-mapped safetensors file with a validated header.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Arc<memmap2::Mmap>,
+    tensors: BTreeMap<String, TensorEntry>,
+    metadata: BTreeMap<String, String>,
+}
+
+fn element_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+fn float_dtype(dtype: &str) -> Option<DType> {
+    Some(match dtype {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
+        // being truncated by another process while it is loaded.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::from_map(path, Arc::new(map))
+    }
+
+    fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
+        let (tensors, metadata) = parse_header(path, &map)?;
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            map,
+            tensors,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.get(name)
+    }
+
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The raw bytes of a tensor of any dtype (used for integer inputs in test references).
+    pub fn raw(&self, name: &str) -> Result<(&TensorEntry, &[u8])> {
+        let e = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        Ok((e, &self.map[e.start..e.end]))
+    }
+
+    /// A floating-point tensor, zero-copy when its bytes are aligned.
+    pub fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let (e, _) = self.raw(name)?;
+        let dtype = float_dtype(&e.dtype).ok_or_else(|| Error::UnsupportedDtype {
+            path: self.path.clone(),
+            name: name.to_string(),
+            dtype: e.dtype.clone(),
+        })?;
+        let storage = Storage::Mapped {
+            map: self.map.clone(),
+            offset: e.start,
+            len: e.end - e.start,
+        };
+        Ok(HostTensor::new(dtype, e.shape.clone(), storage))
+    }
+}
+
+type Header = (BTreeMap<String, TensorEntry>, BTreeMap<String, String>);
+
+/// Parses and validates the header of a safetensors file held in `bytes`.
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+    let bad = |reason: String| Error::bad_file(path, reason);
+    if bytes.len() < 8 {
+        return Err(bad(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        )));
+    }
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let available = bytes.len() as u64 - 8;
+    if header_len > available || header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "header length {header_len} exceeds the {available} bytes after it (truncated or not a safetensors file)"
+        )));
+    }
+    let data_start = 8 + header_len as usize;
+    let json: serde_json::Value = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
+
+    let data_len = bytes.len() - data_start;
+    let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            if let Some(m) = info.as_object() {
+                for (k, v) in m {
+                    metadata.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+                }
+            }
+            continue;
+        }
+        let field = |key: &str| {
+            info.get(key)
+                .ok_or_else(|| bad(format!("tensor `{name}`: missing `{key}`")))
+        };
+        let dtype = field("dtype")?
+            .as_str()
+            .ok_or_else(|| bad(format!("tensor `{name}`: dtype is not a string")))?
+            .to_string();
+        let elem = element_size(&dtype)
+            .ok_or_else(|| bad(format!("tensor `{name}`: unknown dtype `{dtype}`")))?;
+        let shape = field("shape")?
+            .as_array()
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape is not an array")))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape has a non-integer entry")))?;
+        let offsets = field("data_offsets")?
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+            .ok_or_else(|| bad(format!("tensor `{name}`: data_offsets is not [begin, end]")))?;
+        let (begin, end) = offsets;
+        if begin > end || end > data_len as u64 {
+            return Err(bad(format!(
+                "tensor `{name}`: data [{begin}, {end}) lies outside the {data_len} data bytes (truncated file?)"
+            )));
+        }
+        let expected = shape
+            .iter()
+            .try_fold(elem, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape {shape:?} overflows")))?;
+        if expected as u64 != end - begin {
+            return Err(bad(format!(
+                "tensor `{name}`: shape {shape:?} of {dtype} needs {expected} bytes but the header gives {}",
+                end - begin
+            )));
+        }
+        tensors.insert(
+            name.clone(),
+            TensorEntry {
+                dtype,
+                shape,
+                start: data_start + begin as usize,
+                end: data_start + end as usize,
+            },
+        );
+    }
+    Ok((tensors, metadata))
+}
+
+/// The weights of a Hugging Face checkpoint directory: one file or an indexed set of shards.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// Tensor name → index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        if index_path.exists() {
+            Self::open_sharded(dir, &index_path)
+        } else if single.exists() {
+            let file = SafetensorsFile::open(&single)?;
+            let index = file.names().map(|n| (n.to_string(), 0)).collect();
+            Ok(Checkpoint {
+                dir: dir.to_path_buf(),
+                files: vec![file],
+                index,
+            })
+        } else {
+            Err(Error::bad_file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ))
+        }
+    }
+
+    fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(index_path, format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::bad_file(index_path, "no `weight_map` object"))?;
+        let mut shard_of_name: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (tensor, shard) in map {
+            let shard = shard.as_str().ok_or_else(|| {
+                Error::bad_file(index_path, format!("`{tensor}` maps to a non-string"))
+            })?;
+            // Shard names must be plain file names inside the checkpoint directory.
+            if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+                return Err(Error::bad_file(
+                    index_path,
+                    format!("shard name `{shard}` is not a file in this directory"),
+                ));
+            }
+            let i = match shard_of_name.get(shard) {
+                Some(&i) => i,
+                None => {
+                    files.push(SafetensorsFile::open(&dir.join(shard))?);
+                    shard_of_name.insert(shard, files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            if files[i].entry(tensor).is_none() {
+                return Err(Error::bad_file(
+                    index_path,
+                    format!("index says `{tensor}` is in {shard}, but that shard lacks it"),
+                ));
+            }
+            index.insert(tensor.clone(), i);
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The file that holds `name` (for error messages), or the directory.
+    pub fn path_of(&self, name: &str) -> &Path {
+        match self.index.get(name) {
+            Some(&i) => self.files[i].path(),
+            None => &self.dir,
+        }
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.index
+            .get(name)
+            .and_then(|&i| self.files[i].entry(name))
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<HostTensor> {
+        match self.index.get(name) {
+            Some(&i) => self.files[i].tensor(name),
+            None => Err(Error::MissingTensor {
+                path: self.dir.clone(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// A tensor whose shape must be exactly `expected`.
+    pub fn tensor_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        let t = self.tensor(name)?;
+        if t.shape != expected {
+            return Err(Error::ShapeMismatch {
+                path: self.path_of(name).to_path_buf(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: t.shape.clone(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Total bytes of all tensors.
+    pub fn total_bytes(&self) -> usize {
+        self.files
+            .iter()
+            .flat_map(|f| f.tensors.values())
+            .map(|e| e.end - e.start)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_file(json: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = (json.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Header> {
+        parse_header(Path::new("t.safetensors"), bytes)
+    }
+
+    #[test]
+    fn parses_a_valid_header() {
+        let f = header_file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"format":"pt"}}"#,
+            &[0; 8],
+        );
+        let (t, m) = parse(&f).unwrap();
+        assert_eq!(t["a"].shape, vec![2]);
+        assert_eq!(m["format"], "pt");
+    }
+
+    #[test]
+    fn refuses_lying_and_truncated_headers() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![1, 2, 3],
+            {
+                let mut v = header_file("{}", &[]);
+                v[0] = 200;
+                v
+            },
+            header_file(
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                &[0; 8],
+            ),
+            header_file(
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                &[0; 8],
+            ),
+            header_file(
+                r#"{"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#,
+                &[0; 8],
+            ),
+            header_file(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#,
+                &[0; 8],
+            ),
+            header_file(
+                r#"{"a":{"dtype":"F32","shape":[18446744073709551615,4],"data_offsets":[0,8]}}"#,
+                &[0; 8],
+            ),
+            header_file("not json", &[]),
+            header_file("[1,2]", &[]),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            match parse(c) {
+                Err(Error::BadModelFile { .. }) => {}
+                other => panic!(
+                    "case {i}: expected BadModelFile, got {:?}",
+                    other.map(|_| ())
+                ),
+            }
+        }
+    }
+}

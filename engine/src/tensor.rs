@@ -1,0 +1,171 @@
+//! Host-side weight tensors, kept in the format they were stored in.
+//!
+//! A [`HostTensor`] is a view of bytes (memory-mapped from the file, or owned when the file's
+//! bytes could not be used in place) plus a [`DType`] and a shape in PyTorch order
+//! (outermost first: a Linear weight is `[out, in]`). Backends consume these bytes directly;
+//! nothing converts them per token.
+
+use std::fmt;
+use std::sync::Arc;
+
+use half::{bf16, f16};
+
+/// Element formats a weight can be stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// The name safetensors uses for this dtype.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        })
+    }
+}
+
+/// Bytes that live either in a memory map shared by many tensors or in an owned buffer.
+#[derive(Clone)]
+pub enum Storage {
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    /// u64 words so the bytes are 8-aligned whatever the allocator does.
+    Owned { words: Arc<Vec<u64>>, len: usize },
+}
+
+impl Storage {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Storage::Owned {
+            words: Arc::new(words),
+            len: bytes.len(),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Storage::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
+        }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Storage::Mapped { .. })
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.is_mapped() { "mapped" } else { "owned" };
+        write!(f, "Storage({kind}, {} bytes)", self.bytes().len())
+    }
+}
+
+/// A weight tensor on the host: dtype, shape (outermost first) and its bytes.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub storage: Storage,
+}
+
+impl HostTensor {
+    /// Builds a tensor, moving bytes to an aligned owned buffer when the mapped bytes are not
+    /// aligned for the dtype (safetensors does not promise alignment).
+    pub fn new(dtype: DType, shape: Vec<usize>, storage: Storage) -> Self {
+        let storage = if storage.bytes().as_ptr().align_offset(dtype.size()) != 0 {
+            Storage::from_bytes(storage.bytes())
+        } else {
+            storage
+        };
+        HostTensor {
+            dtype,
+            shape,
+            storage,
+        }
+    }
+
+    pub fn from_f32(shape: Vec<usize>, data: &[f32]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len());
+        HostTensor::new(
+            DType::F32,
+            shape,
+            Storage::from_bytes(bytemuck::cast_slice(data)),
+        )
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
+    /// Rows and columns when the tensor is viewed as a matrix `[outer, last]`.
+    pub fn rows_cols(&self) -> (usize, usize) {
+        let cols = self.shape.last().copied().unwrap_or(1);
+        let rows = self.numel().checked_div(cols).unwrap_or(0);
+        (rows, cols)
+    }
+
+    /// All elements converted to f32 (for small tensors: norms, biases, tables).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.numel()];
+        convert_to_f32(self.dtype, self.bytes(), &mut out);
+        out
+    }
+
+    /// Row `r` of the matrix view, converted to f32 into `out`.
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let (_, cols) = self.rows_cols();
+        let sz = self.dtype.size();
+        convert_to_f32(
+            self.dtype,
+            &self.bytes()[r * cols * sz..(r + 1) * cols * sz],
+            out,
+        );
+    }
+}
+
+/// Converts `out.len()` elements of `dtype` stored in `bytes` to f32.
+pub fn convert_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::F32 => out.copy_from_slice(bytemuck::cast_slice(bytes)),
+        DType::F16 => {
+            let src: &[f16] = bytemuck::cast_slice(bytes);
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, out);
+        }
+        DType::BF16 => {
+            let src: &[bf16] = bytemuck::cast_slice(bytes);
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, out);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The engine thread: owns the loaded [`Session`], serves [`Command`]s in order and reports
+//! [`Event`]s. Callers (GUI, CLI) never block on model work and never touch tensors.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+
+use crate::chat::Message;
+use crate::error::{Error, Result};
+use crate::generate::{SamplingParams, StopReason};
+use crate::metrics::{TurnMetrics, ms_since};
+use crate::session::{LoadOptions, ModelInfo, Session};
+
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub messages: Vec<Message>,
+    pub params: SamplingParams,
+    /// Use the last message's text as the prompt, without the chat template.
+    pub raw: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Command {
+    Load { path: PathBuf, options: LoadOptions },
+    Unload,
+    Generate(GenerateRequest),
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Loading {
+        path: PathBuf,
+    },
+    Loaded(ModelInfo),
+    Unloaded,
+    /// The prompt was tokenised; prefill starts.
+    Started {
+        prompt_tokens: usize,
+    },
+    /// Newly completed text (may be empty while a multi-byte character is incomplete;
+    /// `id` is `u32::MAX` for text flushed at the end that belongs to no single token).
+    Token {
+        id: u32,
+        text: String,
+    },
+    Finished {
+        text: String,
+        stop: StopReason,
+        metrics: TurnMetrics,
+    },
+    Error(Error),
+}
+
+/// Handle to the engine thread. Dropping it shuts the thread down.
+pub struct Engine {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    /// Generate requests numbered from 1; every request numbered ≤ this is cancelled.
+    cancel_upto: Arc<AtomicU64>,
+    generations_sent: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn spawn() -> Engine {
+        let (commands, command_rx) = unbounded();
+        let (event_tx, events) = unbounded();
+        let cancel_upto = Arc::new(AtomicU64::new(0));
+        let cancel = cancel_upto.clone();
+        let thread = std::thread::Builder::new()
+            .name("pocketvlm-engine".into())
+            .spawn(move || Worker::new(event_tx, cancel).run(command_rx))
+            .expect("spawning the engine thread");
+        Engine {
+            commands,
+            events,
+            cancel_upto,
+            generations_sent: 0,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn send(&mut self, command: Command) -> Result<()> {
+        if matches!(command, Command::Generate(_)) {
+            self.generations_sent += 1;
+        }
+        self.commands
+            .send(command)
+            .map_err(|_| Error::EngineStopped("the engine thread has exited".into()))
+    }
+
+    /// Stops every generation requested so far (running or queued) within one decode step.
+    pub fn cancel(&self) {
+        self.cancel_upto
+            .fetch_max(self.generations_sent, Ordering::SeqCst);
+    }
+
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.cancel();
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    events: Sender<Event>,
+    cancel_upto: Arc<AtomicU64>,
+    generation: u64,
+    session: Option<Session>,
+}
+
+impl Worker {
+    fn new(events: Sender<Event>, cancel_upto: Arc<AtomicU64>) -> Self {
+        Worker {
+            events,
+            cancel_upto,
+            generation: 0,
+            session: None,
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        // The receiver may be gone (the UI closed); nothing left to tell.
+        let _ = self.events.send(e);
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        while let Ok(command) = commands.recv() {
+            if matches!(command, Command::Shutdown) {
+                break;
+            }
+            // A panic in model code must not take the application down: report it, drop
+            // the (possibly inconsistent) model, and keep serving commands.
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(command)));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.emit(Event::Error(e)),
+                Err(panic) => {
+                    self.session = None;
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    self.emit(Event::Error(Error::EngineStopped(format!(
+                        "internal error, model unloaded: {msg}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) -> Result<()> {
+        match command {
+            Command::Load { path, options } => {
+                self.session = None;
+                self.emit(Event::Loading { path: path.clone() });
+                let session = Session::load(&path, &options)?;
+                self.emit(Event::Loaded(session.info().clone()));
+                self.session = Some(session);
+            }
+            Command::Unload => {
+                self.session = None;
+                self.emit(Event::Unloaded);
+            }
+            Command::Generate(req) => {
+                self.generation += 1;
+                self.generate(req)?;
+            }
+            Command::Shutdown => {}
+        }
+        Ok(())
+    }
+
+    fn generate(&mut self, req: GenerateRequest) -> Result<()> {
+        let start = std::time::Instant::now();
+        let generation = self.generation;
+        let cancel_upto = self.cancel_upto.clone();
+        let cancelled = move || cancel_upto.load(Ordering::SeqCst) >= generation;
+        let session = self.session.as_mut().ok_or(Error::NoModel)?;
+        let prompt = session.prompt_tokens(&req.messages, req.raw)?;
+        let tokenize_ms = ms_since(start);
+        let _ = self.events.send(Event::Started {
+            prompt_tokens: prompt.len(),
+        });
+
+        let events = self.events.clone();
+        let (result, text) =
+            session.generate_text(&prompt, &req.params, &cancelled, &mut |id, piece| {
+                let _ = events.send(Event::Token {
+                    id,
+                    text: piece.to_string(),
+                });
+            })?;
+        let mut metrics = result.metrics;
+        metrics.tokenize_ms = tokenize_ms;
+        metrics.ttft_ms += tokenize_ms;
+        metrics.total_ms += tokenize_ms;
+        self.emit(Event::Finished {
+            text,
+            stop: result.stop,
+            metrics,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! LLaMA-family fixtures: logits and greedy continuations must match transformers.
+
+use pocketvlm_engine::{LoadOptions, SamplingParams, Session};
+use pocketvlm_tests::{Reference, fixture, max_abs_diff};
+
+const FIXTURES: [&str; 3] = ["llama_mha", "llama_gqa", "llama_scaled"];
+
+fn load(name: &str) -> Session {
+    Session::load(&fixture(name), &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn logits_match_transformers() {
+    for name in FIXTURES {
+        let reference = Reference::open(&fixture(name));
+        let ids = reference.ids("input_ids");
+        let (shape, expected) = reference.f32("logits");
+        let mut session = load(name);
+        let got = session.logits(&ids).unwrap();
+        assert_eq!(got.len(), shape[0] * shape[1], "{name}");
+        let (diff, scale) = max_abs_diff(&got, &expected);
+        eprintln!("{name}: max|Δ| = {diff:.3e}, max|ref| = {scale:.3}");
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: max|Δ| {diff} > 1e-4 × {scale}"
+        );
+    }
+}
+
+#[test]
+fn greedy_continuations_match_transformers() {
+    for name in FIXTURES {
+        let reference = Reference::open(&fixture(name));
+        let ids = reference.ids("input_ids");
+        let expected = reference.ids("generated_ids");
+        let mut session = load(name);
+        let params = SamplingParams {
+            max_tokens: expected.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let generation = session
+            .generate(&ids, &params, &|| false, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(generation.tokens, expected, "{name}");
+    }
+}
+
+#[test]
+fn prompt_tokens_match_the_python_template() {
+    for name in FIXTURES {
+        let reference = Reference::open(&fixture(name));
+        let session = load(name);
+        let prompt = reference.meta()["prompt"].as_str().unwrap().to_string();
+        let messages = [pocketvlm_engine::Message::user(
+            "What is the capital of France?",
+        )];
+        let (text, templated) = session.prompt_text(&messages, false).unwrap();
+        assert!(templated);
+        assert_eq!(text, prompt, "{name}");
+        assert_eq!(
+            session.prompt_tokens(&messages, false).unwrap(),
+            reference.ids("input_ids")
+        );
+    }
+}
+
+#[test]
+fn kv_cache_decode_matches_a_full_forward() {
+    // Prefill part of the prompt, then feed the rest one token at a time: every decode
+    // step's logits must match transformers' logits for that position.
+    for name in FIXTURES {
+        let reference = Reference::open(&fixture(name));
+        let ids = reference.ids("input_ids");
+        let (_, all) = reference.f32("logits");
+        let vocab = all.len() / ids.len();
+        let mut session = load(name);
+        let split = ids.len() / 3;
+        let mut last = session.forward_last(&ids[..split], 0).unwrap();
+        for pos in split..ids.len() {
+            let expected = &all[(pos - 1) * vocab..pos * vocab];
+            let (d, s) = max_abs_diff(&last, expected);
+            assert!(d <= 1e-4 * s, "{name} position {}: {d} vs {s}", pos - 1);
+            last = session.forward_last(&ids[pos..pos + 1], pos).unwrap();
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the engine against the transformers oracle fixtures.
+
+mod bad_inputs;
+mod engine_thread;
+mod llama;
+mod tokenizer;

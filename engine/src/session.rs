@@ -1,5 +1,5 @@
-//! A loaded model with its tokenizer and template: the synchronous engine API. The engine
-//! thread ([`crate::Engine`]) wraps one of these; the CLI's one-shot commands use it
+//! A loaded model with its tokenizer and prompt format: the synchronous engine API. The
+//! engine thread ([`crate::Engine`]) wraps one of these; the CLI's one-shot commands use it
 //! directly.
 
 use std::collections::BTreeMap;
@@ -9,15 +9,17 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::cpu::CpuBackend;
-use crate::chat::Message;
+use crate::chat::{Message, templates};
 use crate::error::{Error, Result};
 use crate::generate::{self, Generation, SamplingParams, TextStream};
-use crate::load::hf::{ConfigReader, config_path, parse_llm_config, read_json};
+use crate::load::hf::{ConfigReader, read_json};
 use crate::load::safetensors::Checkpoint;
+use crate::load::spec::read_model_spec;
 use crate::load::tokenizer::Tokenizer;
 use crate::metrics::ms_since;
-use crate::model::llama::Llama;
-use crate::model::{LanguageModel, Logits};
+use crate::model::spec::{Family, ImagePlaceholder, ModelSpec, PromptTemplate};
+use crate::model::vlm::Vlm;
+use crate::model::{ImageId, Logits, Model, Segment};
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +58,9 @@ pub struct LoadOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub path: PathBuf,
+    /// `text`, `mobilevlm`, `mobilevlm-v2`, `imp-phi2`, `imp-qwen2`, `imp-phi3`.
     pub family: String,
+    /// The language model's architecture (`llama`, `qwen2`, `phi3`, `phi2`).
     pub architecture: String,
     pub params: usize,
     /// Tensor count per stored dtype, e.g. {"bf16": 201}.
@@ -64,6 +68,8 @@ pub struct ModelInfo {
     pub weight_bytes: usize,
     pub context_len: usize,
     pub vocab_size: usize,
+    /// Whether the model takes images, and how many positions each one fills.
+    pub image_tokens: Option<usize>,
     pub backend: String,
     pub has_chat_template: bool,
     /// Sampling settings recommended by the checkpoint's generation_config.json.
@@ -71,9 +77,39 @@ pub struct ModelInfo {
     pub load_ms: f64,
 }
 
+/// A templated, tokenised prompt: token runs with the conversation's images between them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prompt {
+    pub parts: Vec<PromptPart>,
+    /// The conversation's images, in the order their placeholders appear.
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptPart {
+    Tokens(Vec<u32>),
+    /// The image `images[i]`.
+    Image(usize),
+}
+
+impl Prompt {
+    /// The text token ids (image positions left out).
+    pub fn text_tokens(&self) -> Vec<u32> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                PromptPart::Tokens(t) => Some(t.iter().copied()),
+                PromptPart::Image(_) => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
 pub struct Session {
-    model: Box<dyn LanguageModel>,
+    model: Box<dyn Model>,
     tokenizer: Tokenizer,
+    spec: ModelSpec,
     stop_ids: Vec<u32>,
     info: ModelInfo,
 }
@@ -107,17 +143,16 @@ impl Session {
         if !meta.is_dir() {
             return Err(Error::bad_file(
                 path,
-                "expected a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)",
+                "expected a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer)",
             ));
         }
-        let cfg_path = config_path(path);
-        if !cfg_path.exists() {
+        if !path.join("config.json").exists() {
             return Err(Error::bad_file(
                 path,
                 "no config.json here: not a Hugging Face checkpoint directory",
             ));
         }
-        let cfg = parse_llm_config(&cfg_path, &read_json(&cfg_path)?)?;
+        let spec = read_model_spec(path)?;
         let tokenizer = Tokenizer::from_dir(path)?;
         let ckpt = Checkpoint::open(path)?;
 
@@ -129,6 +164,7 @@ impl Session {
                 ));
             }
         };
+        let cfg = &spec.llm;
         let context_len = opts
             .context_len
             .unwrap_or(cfg.max_position_embeddings)
@@ -141,8 +177,7 @@ impl Session {
                 *dtypes.entry(e.dtype.to_lowercase()).or_insert(0) += 1;
             }
         }
-        let model: Box<dyn LanguageModel> =
-            Box::new(Llama::load(backend, cfg.clone(), &ckpt, "", context_len)?);
+        let model: Box<dyn Model> = Box::new(Vlm::load(backend, &spec, &ckpt, context_len)?);
 
         let mut stop_ids = cfg.eos_token_ids.clone();
         if let Some(id) = tokenizer
@@ -155,21 +190,27 @@ impl Session {
         }
         let info = ModelInfo {
             path: path.to_path_buf(),
-            family: cfg.arch.name().to_string(),
+            family: match spec.family {
+                Family::TextOnly => cfg.arch.name().to_string(),
+                f => f.name().to_string(),
+            },
             architecture: cfg.arch.name().to_string(),
             params: cfg.param_count(),
             dtypes,
             weight_bytes: model.weight_bytes(),
             context_len,
             vocab_size: cfg.vocab_size,
+            image_tokens: model.image_tokens(),
             backend: model.backend_name(),
-            has_chat_template: tokenizer.chat_template.is_some(),
+            has_chat_template: spec.template != PromptTemplate::Jinja
+                || tokenizer.chat_template.is_some(),
             default_sampling: default_sampling(path)?,
             load_ms: ms_since(start),
         };
         Ok(Session {
             model,
             tokenizer,
+            spec,
             stop_ids,
             info,
         })
@@ -184,41 +225,150 @@ impl Session {
         &self.info
     }
 
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
-    pub fn model(&self) -> &dyn LanguageModel {
+    pub fn model(&self) -> &dyn Model {
         self.model.as_ref()
+    }
+
+    pub fn model_mut(&mut self) -> &mut dyn Model {
+        self.model.as_mut()
     }
 
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
 
-    /// The prompt text for a conversation: the chat template with the assistant's turn
-    /// opened, or (`raw`, or no template) the last message's text as is.
+    /// The prompt text for a conversation, ending where the assistant's reply starts, and
+    /// whether a template produced it (its special tokens are then already in the text).
+    /// `raw` (or a text model without a template) sends the last message as is.
     pub fn prompt_text(&self, messages: &[Message], raw: bool) -> Result<(String, bool)> {
-        match (&self.tokenizer.chat_template, raw) {
-            (Some(t), false) => Ok((t.render(messages, true)?, true)),
-            _ => {
-                let text = messages
-                    .last()
-                    .map(|m| m.content.clone())
-                    .unwrap_or_default();
-                Ok((text, false))
+        let has_images = messages.iter().any(|m| !m.images.is_empty());
+        if has_images && self.spec.vision.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a text-only model: it cannot take images",
+                self.info.path.display()
+            )));
+        }
+        if raw {
+            let last = messages
+                .last()
+                .cloned()
+                .unwrap_or_else(|| Message::user(""));
+            let mut text = String::new();
+            for _ in &last.images {
+                text.push_str(templates::IMAGE_PLACEHOLDER);
+                text.push('\n');
             }
+            text.push_str(&last.content);
+            return Ok((text, false));
+        }
+        match (self.spec.template, &self.tokenizer.chat_template) {
+            (PromptTemplate::Jinja, Some(t)) => Ok((t.render(messages, true)?, true)),
+            (PromptTemplate::Jinja, None) => self.prompt_text(messages, true),
+            (template, _) => Ok((templates::render(template, messages)?, true)),
         }
     }
 
-    /// Token ids of the prompt for a conversation (see [`Session::prompt_text`]).
-    pub fn prompt_tokens(&self, messages: &[Message], raw: bool) -> Result<Vec<u32>> {
+    /// Templates and tokenises a conversation, locating its images.
+    pub fn prompt(&self, messages: &[Message], raw: bool) -> Result<Prompt> {
         let (text, templated) = self.prompt_text(messages, raw)?;
-        // A rendered template already holds its special tokens; raw text gets the
-        // tokenizer's own (e.g. a LLaMA BOS).
-        self.tokenizer.encode(&text, !templated)
+        let images: Vec<PathBuf> = if raw {
+            messages
+                .last()
+                .map(|m| m.images.clone())
+                .unwrap_or_default()
+        } else {
+            messages
+                .iter()
+                .flat_map(|m| m.images.iter().cloned())
+                .collect()
+        };
+        // Vision templates write special tokens as text the tokenizer must still map (LLaVA
+        // tokenises them with its special-token handling); Jinja output has them already.
+        let add_special = !templated || self.spec.template != PromptTemplate::Jinja;
+        let parts = match self.spec.vision.as_ref().map(|v| v.placeholder) {
+            None => vec![PromptPart::Tokens(
+                self.tokenizer.encode(&text, add_special)?,
+            )],
+            Some(ImagePlaceholder::Sentinel) => self.split_at_placeholders(&text)?,
+            Some(ImagePlaceholder::VocabId(image_id)) => {
+                let ids = self.tokenizer.encode(&text, true)?;
+                let mut parts = vec![];
+                for (i, run) in ids.split(|&t| t == image_id).enumerate() {
+                    if i > 0 {
+                        parts.push(PromptPart::Image(i - 1));
+                    }
+                    parts.push(PromptPart::Tokens(run.to_vec()));
+                }
+                parts
+            }
+        };
+        let n_placeholders = parts
+            .iter()
+            .filter(|p| matches!(p, PromptPart::Image(_)))
+            .count();
+        if n_placeholders != images.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt has {n_placeholders} image placeholders for {} images (is `<image>` in the text?)",
+                images.len()
+            )));
+        }
+        Ok(Prompt {
+            parts: parts
+                .into_iter()
+                .filter(|p| !matches!(p, PromptPart::Tokens(t) if t.is_empty()))
+                .collect(),
+            images,
+        })
     }
 
+    /// MobileVLM's `tokenizer_image_token`: each piece between placeholders is tokenised on
+    /// its own; a leading BOS is kept from the first piece only.
+    fn split_at_placeholders(&self, text: &str) -> Result<Vec<PromptPart>> {
+        let bos = self
+            .tokenizer
+            .bos_token
+            .as_deref()
+            .and_then(|b| self.tokenizer.token_to_id(b));
+        let chunks = text
+            .split(templates::IMAGE_PLACEHOLDER)
+            .map(|c| self.tokenizer.encode(c, true))
+            .collect::<Result<Vec<_>>>()?;
+        let offset = usize::from(bos.is_some() && chunks[0].first().copied() == bos);
+        let mut parts = vec![];
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            if i == 0 {
+                parts.push(PromptPart::Tokens(chunk));
+            } else {
+                parts.push(PromptPart::Image(i - 1));
+                parts.push(PromptPart::Tokens(
+                    chunk.get(offset..).unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Preprocesses and encodes one image file; the model keeps its embeddings until
+    /// [`Model::release_image`].
+    pub fn encode_image_file(&mut self, path: &Path) -> Result<ImageId> {
+        let pixels = image_pixels(&self.spec, path)?;
+        self.model.encode_image(&pixels)
+    }
+
+    /// The normalised CHW pixels the vision tower gets for an image file.
+    pub fn image_pixels(&self, path: &Path) -> Result<Vec<f32>> {
+        image_pixels(&self.spec, path)
+    }
+
+    /// Low-level generation from token ids (no template, no images).
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -228,7 +378,7 @@ impl Session {
     ) -> Result<Generation> {
         generate::generate(
             self.model.as_mut(),
-            prompt,
+            &[Segment::Tokens(prompt)],
             params,
             &self.stop_ids,
             cancelled,
@@ -236,12 +386,12 @@ impl Session {
         )
     }
 
-    /// [`Session::generate`] with the tokens turned into text: `on_text(id, piece)` gets each
+    /// One chat turn: template, images, generation, text. `on_text(id, piece)` gets each
     /// token with the text it completes (possibly empty); returns the generation and the
-    /// whole answer text.
-    pub fn generate_text(
+    /// whole answer.
+    pub fn chat(
         &mut self,
-        prompt: &[u32],
+        prompt: &Prompt,
         params: &SamplingParams,
         cancelled: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(u32, &str),
@@ -249,17 +399,18 @@ impl Session {
         let mut stream = TextStream::default();
         let mut text = String::new();
         let tokenizer = &self.tokenizer;
-        let generation = generate::generate(
+        let stop_ids = &self.stop_ids;
+        let generation = with_segments(
             self.model.as_mut(),
+            &self.spec,
             prompt,
-            params,
-            &self.stop_ids,
-            cancelled,
-            &mut |id| {
-                let piece = stream.push(tokenizer, id)?.unwrap_or_default();
-                text.push_str(&piece);
-                on_text(id, &piece);
-                Ok(())
+            |model, segments| {
+                generate::generate(model, segments, params, stop_ids, cancelled, &mut |id| {
+                    let piece = stream.push(tokenizer, id)?.unwrap_or_default();
+                    text.push_str(&piece);
+                    on_text(id, &piece);
+                    Ok(())
+                })
             },
         )?;
         let tail = stream.finish(tokenizer)?;
@@ -273,17 +424,75 @@ impl Session {
     /// Runs `tokens` at positions `pos0..` on top of the KV cache already filled for
     /// positions `0..pos0`, returning the last position's logits.
     pub fn forward_last(&mut self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>> {
-        self.model.forward(tokens, pos0, Logits::Last)
+        self.model
+            .forward(&[Segment::Tokens(tokens)], pos0, Logits::Last)
     }
 
     /// Logits for every position of `ids` run from position 0, `[ids.len() × vocab]`.
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        if ids.len() > self.model.context_len() {
-            return Err(Error::ContextOverflow {
-                prompt: ids.len(),
-                context: self.model.context_len(),
-            });
-        }
-        self.model.forward(ids, 0, Logits::All)
+        self.model.forward(&[Segment::Tokens(ids)], 0, Logits::All)
     }
+
+    /// Logits for every position of a prompt (images spliced in), `[positions × vocab]`.
+    pub fn prompt_logits(&mut self, prompt: &Prompt) -> Result<Vec<f32>> {
+        with_segments(
+            self.model.as_mut(),
+            &self.spec,
+            prompt,
+            |model, segments| model.forward(segments, 0, Logits::All),
+        )
+    }
+
+    /// Whether this model reads images.
+    pub fn is_vision_model(&self) -> bool {
+        self.spec.family != Family::TextOnly
+    }
+}
+
+/// The normalised CHW pixels a model's vision tower gets for an image file.
+fn image_pixels(spec: &ModelSpec, path: &Path) -> Result<Vec<f32>> {
+    let vision = spec.vision.as_ref().ok_or_else(|| {
+        Error::InvalidArgument("this model has no vision tower: it cannot take images".into())
+    })?;
+    crate::image::preprocess_file(path, &vision.processor)
+}
+
+/// Encodes the prompt's images, runs `f` on the prompt as model segments, and releases the
+/// images whatever happens.
+fn with_segments<T>(
+    model: &mut dyn Model,
+    spec: &ModelSpec,
+    prompt: &Prompt,
+    f: impl FnOnce(&mut dyn Model, &[Segment]) -> Result<T>,
+) -> Result<T> {
+    let mut ids = Vec::with_capacity(prompt.images.len());
+    let mut encoded = Ok(());
+    for path in &prompt.images {
+        match image_pixels(spec, path).and_then(|px| model.encode_image(&px)) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                encoded = Err(e);
+                break;
+            }
+        }
+    }
+    let out = encoded.and_then(|()| {
+        let n_rows = model.image_tokens().unwrap_or(0);
+        let segments: Vec<Segment> = prompt
+            .parts
+            .iter()
+            .map(|p| match p {
+                PromptPart::Tokens(t) => Segment::Tokens(t),
+                PromptPart::Image(i) => Segment::Image {
+                    id: ids[*i],
+                    rows: 0..n_rows,
+                },
+            })
+            .collect();
+        f(model, &segments)
+    });
+    for id in ids {
+        model.release_image(id);
+    }
+    out
 }

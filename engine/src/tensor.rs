@@ -55,8 +55,13 @@ pub enum Storage {
         offset: usize,
         len: usize,
     },
-    /// u64 words so the bytes are 8-aligned whatever the allocator does.
-    Owned { words: Arc<Vec<u64>>, len: usize },
+    /// u64 words so the bytes are 8-aligned whatever the allocator does; `offset` and `len`
+    /// select the bytes in use (views of one buffer share it).
+    Owned {
+        words: Arc<Vec<u64>>,
+        offset: usize,
+        len: usize,
+    },
 }
 
 impl Storage {
@@ -65,6 +70,7 @@ impl Storage {
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
         Storage::Owned {
             words: Arc::new(words),
+            offset: 0,
             len: bytes.len(),
         }
     }
@@ -72,7 +78,29 @@ impl Storage {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
-            Storage::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
+            Storage::Owned { words, offset, len } => {
+                &bytemuck::cast_slice::<u64, u8>(words)[*offset..*offset + *len]
+            }
+        }
+    }
+
+    /// The bytes `start..start + len` of this storage, sharing the buffer.
+    pub fn slice(&self, start: usize, len: usize) -> Storage {
+        assert!(
+            start + len <= self.bytes().len(),
+            "storage slice out of range"
+        );
+        match self {
+            Storage::Mapped { map, offset, .. } => Storage::Mapped {
+                map: map.clone(),
+                offset: offset + start,
+                len,
+            },
+            Storage::Owned { words, offset, .. } => Storage::Owned {
+                words: words.clone(),
+                offset: offset + start,
+                len,
+            },
         }
     }
 
@@ -119,6 +147,42 @@ impl HostTensor {
             shape,
             Storage::from_bytes(bytemuck::cast_slice(data)),
         )
+    }
+
+    /// Rows `start..start + count` of the outermost dimension, sharing the bytes (how the
+    /// fused q/k/v and gate/up projections of Phi-3 are split at load).
+    pub fn slice_rows(&self, start: usize, count: usize) -> HostTensor {
+        let outer = self.shape.first().copied().unwrap_or(1);
+        assert!(start + count <= outer, "row slice out of range");
+        let row_bytes = self.bytes().len() / outer.max(1);
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = count;
+        }
+        HostTensor::new(
+            self.dtype,
+            shape,
+            self.storage.slice(start * row_bytes, count * row_bytes),
+        )
+    }
+
+    /// The same bytes under another shape with as many elements.
+    pub fn reshape(mut self, shape: Vec<usize>) -> HostTensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.numel(),
+            "reshape changes the size"
+        );
+        self.shape = shape;
+        self
+    }
+
+    /// The tensor converted to f32 (an owned copy unless it already is f32).
+    pub fn to_f32(&self) -> HostTensor {
+        if self.dtype == DType::F32 {
+            return self.clone();
+        }
+        HostTensor::from_f32(self.shape.clone(), &self.to_f32_vec())
     }
 
     pub fn numel(&self) -> usize {

@@ -191,20 +191,19 @@ impl Worker {
         let cancel_upto = self.cancel_upto.clone();
         let cancelled = move || cancel_upto.load(Ordering::SeqCst) >= generation;
         let session = self.session.as_mut().ok_or(Error::NoModel)?;
-        let prompt = session.prompt_tokens(&req.messages, req.raw)?;
+        let prompt = session.prompt(&req.messages, req.raw)?;
         let tokenize_ms = ms_since(start);
         let _ = self.events.send(Event::Started {
-            prompt_tokens: prompt.len(),
+            prompt_tokens: prompt.text_tokens().len(),
         });
 
         let events = self.events.clone();
-        let (result, text) =
-            session.generate_text(&prompt, &req.params, &cancelled, &mut |id, piece| {
-                let _ = events.send(Event::Token {
-                    id,
-                    text: piece.to_string(),
-                });
-            })?;
+        let (result, text) = session.chat(&prompt, &req.params, &cancelled, &mut |id, piece| {
+            let _ = events.send(Event::Token {
+                id,
+                text: piece.to_string(),
+            });
+        })?;
         let mut metrics = result.metrics;
         metrics.tokenize_ms = tokenize_ms;
         metrics.ttft_ms += tokenize_ms;

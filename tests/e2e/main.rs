@@ -4,3 +4,4 @@ mod bad_inputs;
 mod engine_thread;
 mod llama;
 mod tokenizer;
+mod vlm;

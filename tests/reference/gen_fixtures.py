@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 import fixtures_images
 import fixtures_spm
+import fixtures_vlm
 
 SEED = 1234
 VOCAB = 1000
@@ -283,6 +284,7 @@ def main():
         tok = truncated_smollm2_tokenizer(gguf_path, work)
         tokenizer_fixture(args.out, tok)
         llama_fixtures(args.out, tok)
+        fixtures_vlm.write(args.out, os.path.join(work, "smollm2_tok_small"))
 
     sums = {}
     for dirpath, _, files in sorted(os.walk(args.out)):

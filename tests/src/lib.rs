@@ -51,12 +51,21 @@ impl Reference {
 
     /// An i64 tensor as u32 token ids.
     pub fn ids(&self, name: &str) -> Vec<u32> {
+        self.i64(name).into_iter().map(|v| v as u32).collect()
+    }
+
+    /// An i64 tensor (token ids that may hold the -200 image sentinel).
+    pub fn i64(&self, name: &str) -> Vec<i64> {
         let (entry, bytes) = self.file.raw(name).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(entry.dtype, "I64", "{name}");
         bytes
             .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.file.entry(name).is_some()
     }
 
     /// The JSON under the file's single `meta` metadata key.

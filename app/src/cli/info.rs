@@ -15,7 +15,7 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let session = Session::load(&args.model.model, &args.model.load_options())?;
     let info = session.info();
-    let cfg = session.model().config();
+    let cfg = session.model().llm_config();
     let dtypes: Vec<String> = info
         .dtypes
         .iter()
@@ -23,6 +23,33 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         .collect();
     println!("path:          {}", info.path.display());
     println!("family:        {}", info.family);
+    if let Some(v) = &session.spec().vision {
+        let t = &v.tower;
+        println!(
+            "vision tower:  {:?}, {} of {} layers run, width {}, {} px, patch {} → {} image tokens ({:?} projector)",
+            t.kind,
+            v.layers_to_run,
+            t.num_layers,
+            t.hidden_size,
+            t.image_size,
+            t.patch_size,
+            v.image_tokens(),
+            v.projector
+        );
+        println!(
+            "preprocess:    {:?} to {} px{}, mean {:?}, std {:?}",
+            v.processor.resize,
+            v.processor.size,
+            v.processor
+                .pad_fill
+                .map(|f| format!(" after padding to a square with {f:?}"))
+                .unwrap_or_default(),
+            v.processor.mean,
+            v.processor.std
+        );
+        println!("image token:   {:?}", v.placeholder);
+    }
+    println!("prompt format: {:?}", session.spec().template);
     println!(
         "language model: {} layers, hidden {}, {} heads ({} kv), head dim {}, ffn {}",
         cfg.num_layers,

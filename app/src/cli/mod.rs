@@ -1,6 +1,7 @@
 //! Command-line subcommands, one file each. The contract (flags, output formats) is in
 //! ARCHITECTURE.md; tests and benchmarks rely on it.
 
+mod embed_image;
 mod info;
 mod logits;
 mod run;
@@ -29,6 +30,8 @@ enum Commands {
     Logits(logits::LogitsArgs),
     /// Describe a model: family, sizes, dtypes, tokenizer, template.
     Info(info::InfoArgs),
+    /// Write an image's embeddings (projector output, or the vision tower's selected layer).
+    EmbedImage(embed_image::EmbedImageArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -63,6 +66,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Commands::Run(a)) => run::run(a),
         Some(Commands::Logits(a)) => logits::run(a),
         Some(Commands::Info(a)) => info::run(a),
+        Some(Commands::EmbedImage(a)) => embed_image::run(a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

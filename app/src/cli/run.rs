@@ -17,6 +17,9 @@ pub struct RunArgs {
     /// The user's message.
     #[arg(long, short)]
     prompt: String,
+    /// Images to attach to the message (repeatable).
+    #[arg(long)]
+    image: Vec<std::path::PathBuf>,
     /// A system message placed before the prompt.
     #[arg(long)]
     system: Option<String>,
@@ -81,7 +84,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.system {
         messages.push(Message::system(s.clone()));
     }
-    messages.push(Message::user(args.prompt.clone()));
+    let mut user = Message::user(args.prompt.clone());
+    user.images = args.image.clone();
+    messages.push(user);
     engine.send(Command::Generate(GenerateRequest {
         messages,
         params: args.sampling(&info.default_sampling),

@@ -6,9 +6,10 @@
 //! over the backend and never see a kernel, a thread or a GPU buffer.
 //!
 //! Tensors are f32 activations, row-major `[rows, cols]`, allocated with a row capacity and
-//! used with a current row count (so a decode step reuses the prefill buffers). Weights stay
-//! in the format they were loaded in (f32/f16/bf16 now, ggml blocks later); kernels convert
-//! inside the dot product.
+//! used with a current row count (so a decode step reuses the prefill buffers). Image-shaped
+//! activations are `[height × width, channels]` (one row per pixel, channels last). Weights
+//! stay in the format they were loaded in (f32/f16/bf16 now, ggml blocks later); kernels
+//! convert inside the dot product.
 
 pub mod cpu;
 
@@ -16,7 +17,7 @@ use crate::error::Result;
 use crate::model::config::RopeStyle;
 use crate::tensor::HostTensor;
 
-/// Head layout of one attention call.
+/// Head layout and masking of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
     pub n_heads: usize,
@@ -24,6 +25,10 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Multiplies q·k (usually 1/sqrt(head_dim)).
     pub scale: f32,
+    /// Causal (decoder) or bidirectional over every key row (vision encoder).
+    pub causal: bool,
+    /// With `causal`: a query at position p sees keys at positions > p − window only.
+    pub window: Option<usize>,
 }
 
 /// Where rotary embedding applies inside each head.
@@ -36,7 +41,53 @@ pub struct RopeShape {
     pub style: RopeStyle,
 }
 
-pub trait Backend: Send + 'static {
+/// Element-wise activation functions, named as in transformers' `ACT2FN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · sigmoid(x)` (`silu`, `swish`).
+    Silu,
+    /// Exact GELU with erf (`gelu`, PyTorch `nn.GELU()`).
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// `x · sigmoid(1.702 x)` (OpenAI CLIP).
+    QuickGelu,
+    Relu,
+    Hardswish,
+    Hardsigmoid,
+}
+
+impl Activation {
+    /// Parses a transformers `hidden_act` name.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+}
+
+/// Height and width of an image-shaped activation (`rows = h × w`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Grid {
+    pub fn square(side: usize) -> Self {
+        Grid { h: side, w: side }
+    }
+    pub fn cells(self) -> usize {
+        self.h * self.w
+    }
+}
+
+pub trait Backend: Clone + Send + Sync + 'static {
     /// f32 activations `[rows, cols]` on the device.
     type Tensor: Send;
     /// A weight in its storage format on the device.
@@ -62,13 +113,30 @@ pub trait Backend: Send + 'static {
     fn write(&self, t: &mut Self::Tensor, data: &[f32]);
     /// Downloads the current rows.
     fn read(&self, t: &Self::Tensor) -> Vec<f32>;
-    /// `dst[0..count] = src[start..start+count]` (row ranges); `dst` rows become `count`.
-    fn copy_rows(&self, src: &Self::Tensor, start: usize, count: usize, dst: &mut Self::Tensor);
+    /// `dst[dst_row..][..count] = src[src_row..][..count]`; `dst` must already have the rows.
+    fn copy_rows(
+        &self,
+        src: &Self::Tensor,
+        src_row: usize,
+        count: usize,
+        dst: &mut Self::Tensor,
+        dst_row: usize,
+    );
 
-    /// `out[i] = table[ids[i]]`; every id is below the table's row count (checked by callers).
-    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Tensor);
+    /// `out[row0 + i] = table[ids[i]]`; ids are below the table's row count (callers check)
+    /// and `out` already has the rows.
+    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Tensor, row0: usize);
     /// Root-mean-square norm of each row, times `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32, out: &mut Self::Tensor);
+    /// Layer norm of each row (biased variance), times `weight`, plus `bias`.
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        bias: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Tensor,
+    );
     /// `out = x · wᵀ (+ bias)` for `w` of shape `[out_features, in_features]`.
     fn matmul(
         &self,
@@ -89,18 +157,51 @@ pub trait Backend: Send + 'static {
     );
     /// Writes the rows of `src` into `cache` at rows `pos0..pos0 + src.rows`.
     fn store_kv(&self, src: &Self::Tensor, cache: &mut Self::Tensor, pos0: usize);
-    /// Causal attention of the query rows (at positions `pos0..`) over cache rows `0..=pos`.
+    /// Attention of the query rows over the key/value rows. Causal: query row `t` is at
+    /// position `pos0 + t` and sees keys `0..=pos0 + t` (within the window). Bidirectional:
+    /// every query sees every key row.
     fn attention(
         &self,
         q: &Self::Tensor,
-        k_cache: &Self::Tensor,
-        v_cache: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
         shape: AttentionShape,
         pos0: usize,
         out: &mut Self::Tensor,
     );
-    /// `out = silu(gate) * up`.
-    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor, out: &mut Self::Tensor);
+    /// `x = act(x)` element-wise.
+    fn activate(&self, x: &mut Self::Tensor, act: Activation);
+    /// `out = act(gate) * up` (SwiGLU and friends).
+    fn gated(
+        &self,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        act: Activation,
+        out: &mut Self::Tensor,
+    );
     /// `x += y`.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+    /// `x[r][c] *= scale[0][c]` (per-channel scaling, squeeze-excitation).
+    fn mul_channels(&self, x: &mut Self::Tensor, scale: &Self::Tensor);
+    /// `out[0][c] = mean over rows of x[r][c]` (global average pooling).
+    fn mean_rows(&self, x: &Self::Tensor, out: &mut Self::Tensor);
+    /// Depthwise 3×3 convolution, zero padding 1, of an image-shaped activation. `weight`
+    /// is `[channels, 9]` f32 (row-major 3×3 per channel).
+    fn depthwise_conv3x3(
+        &self,
+        x: &Self::Tensor,
+        grid: Grid,
+        weight: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        stride: usize,
+        out: &mut Self::Tensor,
+    );
+    /// PyTorch `AdaptiveAvgPool2d(out_grid)` of an image-shaped activation.
+    fn adaptive_avg_pool(
+        &self,
+        x: &Self::Tensor,
+        grid: Grid,
+        out_grid: Grid,
+        out: &mut Self::Tensor,
+    );
 }

@@ -5,6 +5,8 @@
 //! `loopcontrols` extension, a `raise_exception` function and a `tojson` filter that does
 //! not escape HTML. minijinja (with Python-compatible string methods) reproduces that.
 
+pub mod templates;
+
 use minijinja::{Environment, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,9 @@ impl Role {
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// Images attached to this message, in order; they come before its text in the prompt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<std::path::PathBuf>,
 }
 
 impl Message {
@@ -38,7 +43,14 @@ impl Message {
         Message {
             role,
             content: content.into(),
+            images: Vec::new(),
         }
+    }
+
+    /// This message with an image attached.
+    pub fn with_image(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.images.push(path.into());
+        self
     }
     pub fn user(content: impl Into<String>) -> Self {
         Self::new(Role::User, content)

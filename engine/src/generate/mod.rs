@@ -7,8 +7,8 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::load::tokenizer::Tokenizer;
 use crate::metrics::{TurnMetrics, ms_since};
-use crate::model::llama::PREFILL_CHUNK;
-use crate::model::{LanguageModel, Logits};
+use crate::model::llm::PREFILL_CHUNK;
+use crate::model::{Logits, Model, Segment, split_segments};
 pub use sampler::{Sampler, SamplingParams};
 
 /// Why generation ended.
@@ -33,31 +33,40 @@ pub struct Generation {
 /// tokens, calling `on_token` for each (EOS excluded). `cancelled` is polled between
 /// prefill chunks and before every decode step, so a cancel takes effect within one step.
 pub fn generate(
-    model: &mut dyn LanguageModel,
-    prompt: &[u32],
+    model: &mut dyn Model,
+    prompt: &[Segment],
     params: &SamplingParams,
     stop_ids: &[u32],
     cancelled: &dyn Fn() -> bool,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
     params.validate().map_err(Error::InvalidArgument)?;
-    if prompt.is_empty() {
+    let prompt_len: usize = prompt.iter().map(Segment::len).sum();
+    if prompt_len == 0 {
         return Err(Error::InvalidArgument("the prompt is empty".into()));
     }
     let context = model.context_len();
-    if prompt.len() >= context {
+    if prompt_len >= context {
         return Err(Error::ContextOverflow {
-            prompt: prompt.len(),
+            prompt: prompt_len,
             context,
         });
     }
     let start = Instant::now();
     let mut metrics = TurnMetrics {
-        prompt_tokens: prompt.len(),
+        prompt_tokens: prompt_len,
         ..Default::default()
     };
     let mut sampler = Sampler::new(params.clone());
-    let mut all: Vec<u32> = prompt.to_vec();
+    // Text tokens seen so far, for the repetition penalty (image rows have no token id).
+    let mut all: Vec<u32> = prompt
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Tokens(t) => Some(t.iter().copied()),
+            Segment::Image { .. } => None,
+        })
+        .flatten()
+        .collect();
     let mut out = Vec::new();
     let finish = |tokens, stop, mut metrics: TurnMetrics| {
         metrics.total_ms = ms_since(start);
@@ -70,16 +79,17 @@ pub fn generate(
 
     // Prefill, chunk by chunk so that a cancel is honoured between chunks.
     let mut logits = Vec::new();
-    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+    let mut pos = 0;
+    for piece in split_segments(prompt, PREFILL_CHUNK) {
         if cancelled() {
             return finish(out, StopReason::Cancelled, metrics);
         }
-        logits = model.forward(chunk, i * PREFILL_CHUNK, Logits::Last)?;
+        logits = model.forward(&piece, pos, Logits::Last)?;
+        pos += piece.iter().map(Segment::len).sum::<usize>();
     }
     metrics.prefill_ms = ms_since(start);
 
     let decode_start = Instant::now();
-    let mut pos = prompt.len();
     loop {
         let next = sampler.sample(&mut logits, &all);
         if out.is_empty() {
@@ -106,7 +116,7 @@ pub fn generate(
             metrics.decode_ms = ms_since(decode_start);
             return finish(out, stop, metrics);
         }
-        logits = model.forward(&[next], pos, Logits::Last)?;
+        logits = model.forward(&[Segment::Tokens(&[next])], pos, Logits::Last)?;
         pos += 1;
     }
 }

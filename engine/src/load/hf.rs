@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::model::config::{Activation, LlmArch, LlmConfig, RopeConfig, RopeScaling, RopeStyle};
 
 /// The architectures this build can run, for error messages.
-pub const SUPPORTED_ARCHITECTURES: &str = "llama (LlamaForCausalLM)";
+pub const SUPPORTED_ARCHITECTURES: &str =
+    "llama, qwen2, phi3, phi (Phi-2), mobilevlm, imp, imp_qwen2, imp_phi3";
 
 /// Typed access to a config.json object with errors that name the file and the key.
 pub struct ConfigReader<'a> {
@@ -144,7 +145,8 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))
 }
 
-/// The architecture a config.json declares, from `model_type` (or `architectures[0]`).
+/// The language-model architecture of a config.json, from `model_type` (or, without one,
+/// `architectures[0]`). The multimodal wrappers (MobileVLM, Imp) name their own types.
 pub fn detect_arch(path: &Path, cfg: &ConfigReader) -> Result<LlmArch> {
     let model_type = cfg.opt_str("model_type")?;
     let first_arch = cfg
@@ -152,18 +154,34 @@ pub fn detect_arch(path: &Path, cfg: &ConfigReader) -> Result<LlmArch> {
         .and_then(|a| a.as_array())
         .and_then(|a| a.first())
         .and_then(|a| a.as_str());
-    match (model_type, first_arch) {
-        (Some("llama"), _) | (None, Some("LlamaForCausalLM")) => Ok(LlmArch::Llama),
-        (None, None) => Err(Error::MissingConfigKey {
+    let arch = match (model_type, first_arch) {
+        (Some("llama" | "mobilevlm"), _) | (None, Some("LlamaForCausalLM")) => LlmArch::Llama,
+        (Some("qwen2" | "imp_qwen2"), _) | (None, Some("Qwen2ForCausalLM")) => LlmArch::Qwen2,
+        (Some("phi3" | "imp_phi3"), _) | (None, Some("Phi3ForCausalLM")) => LlmArch::Phi3,
+        (Some("phi" | "imp"), _) | (None, Some("PhiForCausalLM")) => LlmArch::Phi2,
+        (None, None) => {
+            return Err(Error::MissingConfigKey {
+                path: path.to_path_buf(),
+                key: "model_type".into(),
+            });
+        }
+        (Some(other), _) | (None, Some(other)) => {
+            return Err(Error::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch: other.to_string(),
+                supported: SUPPORTED_ARCHITECTURES.to_string(),
+            });
+        }
+    };
+    // The original phi-msft layout (`n_embd`, fused `Wqkv`) that early Imp revisions used.
+    if arch == LlmArch::Phi2 && cfg.get("n_embd").is_some() {
+        return Err(Error::UnsupportedArchitecture {
             path: path.to_path_buf(),
-            key: "model_type".into(),
-        }),
-        (Some(other), _) | (None, Some(other)) => Err(Error::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            arch: other.to_string(),
-            supported: SUPPORTED_ARCHITECTURES.to_string(),
-        }),
+            arch: "phi-msft (n_embd / fused Wqkv layout)".into(),
+            supported: "the transformers Phi layout (hidden_size, separate q/k/v and dense); download a newer revision of the checkpoint".into(),
+        });
     }
+    Ok(arch)
 }
 
 /// Parses the language-model part of a config.json.
@@ -181,14 +199,11 @@ pub fn parse_llm_config(path: &Path, value: &Value) -> Result<LlmConfig> {
             ),
         ));
     }
-    if let Some(window) = cfg.opt_usize("sliding_window")? {
-        let max = cfg.opt_usize("max_position_embeddings")?.unwrap_or(0);
-        if window < max && cfg.opt_bool("use_sliding_window")?.unwrap_or(true) {
-            return Err(cfg.bad(
-                "sliding_window",
-                format!("sliding-window attention ({window} < context {max}) is not supported"),
-            ));
-        }
+    if arch == LlmArch::Phi2 && cfg.opt_bool("qk_layernorm")?.unwrap_or(false) {
+        return Err(cfg.bad(
+            "qk_layernorm",
+            "Phi models with q/k LayerNorm are not supported",
+        ));
     }
 
     let hidden_size = cfg.usize("hidden_size")?;
@@ -213,16 +228,58 @@ pub fn parse_llm_config(path: &Path, value: &Value) -> Result<LlmConfig> {
         }
     };
     let max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048);
-    let rope = parse_rope(&cfg, head_dim)?;
+    // transformers' per-class default partial rotary factor: Phi's is 0.5, the others 1.
+    let default_partial = if arch == LlmArch::Phi2 { 0.5 } else { 1.0 };
+    let rope = parse_rope(&cfg, head_dim, default_partial)?;
 
-    let activation = match cfg.opt_str("hidden_act")?.unwrap_or("silu") {
-        "silu" | "swish" => Activation::Silu,
-        other => {
+    let default_act = if arch == LlmArch::Phi2 {
+        "gelu_new"
+    } else {
+        "silu"
+    };
+    let act_name = cfg.opt_str("hidden_act")?.unwrap_or(default_act);
+    let activation = Activation::from_hf_name(act_name).ok_or_else(|| {
+        cfg.bad(
+            "hidden_act",
+            format!("activation `{act_name}` is not supported"),
+        )
+    })?;
+
+    // Sliding-window attention: Phi-3 uses it; Qwen2 only when `use_sliding_window`.
+    let sliding_window = match arch {
+        LlmArch::Phi3 => cfg.opt_usize("sliding_window")?,
+        LlmArch::Qwen2 if cfg.opt_bool("use_sliding_window")?.unwrap_or(false) => {
             return Err(cfg.bad(
-                "hidden_act",
-                format!("activation `{other}` is not supported for {}", arch.name()),
+                "use_sliding_window",
+                "Qwen2 sliding-window layers are not supported",
             ));
         }
+        _ => None,
+    }
+    .filter(|&w| w < max_position_embeddings);
+
+    let (qkv_bias, o_bias, mlp_bias, lm_head_bias) = match arch {
+        LlmArch::Llama => {
+            let attention = cfg.opt_bool("attention_bias")?.unwrap_or(false);
+            (
+                attention,
+                attention,
+                cfg.opt_bool("mlp_bias")?.unwrap_or(false),
+                false,
+            )
+        }
+        LlmArch::Qwen2 => (true, false, false, false),
+        LlmArch::Phi3 => (false, false, false, false),
+        LlmArch::Phi2 => (true, true, true, true),
+    };
+    let norm_key = if arch == LlmArch::Phi2 {
+        "layer_norm_eps"
+    } else {
+        "rms_norm_eps"
+    };
+    let default_eps = match arch {
+        LlmArch::Phi2 | LlmArch::Phi3 => 1e-5,
+        _ => 1e-6,
     };
 
     let mut eos_token_ids = cfg.token_ids("eos_token_id")?;
@@ -240,7 +297,7 @@ pub fn parse_llm_config(path: &Path, value: &Value) -> Result<LlmConfig> {
         }
     }
 
-    let config = LlmConfig {
+    Ok(LlmConfig {
         arch,
         vocab_size: cfg.usize("vocab_size")?,
         hidden_size,
@@ -250,25 +307,27 @@ pub fn parse_llm_config(path: &Path, value: &Value) -> Result<LlmConfig> {
         num_kv_heads,
         head_dim,
         max_position_embeddings,
-        norm_eps: cfg.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+        norm_eps: cfg.opt_f32(norm_key)?.unwrap_or(default_eps),
         rope,
         activation,
         tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        attention_bias: cfg.opt_bool("attention_bias")?.unwrap_or(false),
-        mlp_bias: cfg.opt_bool("mlp_bias")?.unwrap_or(false),
+        qkv_bias,
+        o_bias,
+        mlp_bias,
+        lm_head_bias,
+        sliding_window,
         bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
         eos_token_ids,
         dtype: cfg
             .opt_str("dtype")?
             .or(cfg.opt_str("torch_dtype")?)
             .map(str::to_string),
-    };
-    Ok(config)
+    })
 }
 
 /// RoPE settings from either `rope_parameters` (transformers 5) or the top-level keys
 /// `rope_theta` / `partial_rotary_factor` / `rope_scaling` (transformers 4).
-fn parse_rope(cfg: &ConfigReader, head_dim: usize) -> Result<RopeConfig> {
+fn parse_rope(cfg: &ConfigReader, head_dim: usize, default_partial: f32) -> Result<RopeConfig> {
     let params = cfg.nested("rope_parameters")?;
     let legacy_scaling = cfg.nested("rope_scaling")?;
 
@@ -282,7 +341,7 @@ fn parse_rope(cfg: &ConfigReader, head_dim: usize) -> Result<RopeConfig> {
         None => None,
     }
     .or(cfg.opt_f32("partial_rotary_factor")?)
-    .unwrap_or(1.0);
+    .unwrap_or(default_partial);
     if !(partial > 0.0 && partial <= 1.0) {
         return Err(cfg.bad(
             "partial_rotary_factor",

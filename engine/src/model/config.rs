@@ -1,16 +1,28 @@
 //! Language-model hyper-parameters, independent of where they were read from.
 
+pub use crate::backend::Activation;
+
 /// Which decoder block a language model uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LlmArch {
     /// LLaMA / MobileLLaMA / SmolLM2: RMSNorm, rotate-half RoPE, GQA, SwiGLU.
     Llama,
+    /// Qwen2 / Qwen1.5: LLaMA with q/k/v biases.
+    Qwen2,
+    /// Phi-3: LLaMA with fused `qkv_proj` and `gate_up_proj` (gate first).
+    Phi3,
+    /// Phi-2: one LayerNorm feeding attention and MLP in parallel, partial rotary, biases
+    /// everywhere, gelu_new MLP, biased head.
+    Phi2,
 }
 
 impl LlmArch {
     pub fn name(self) -> &'static str {
         match self {
             LlmArch::Llama => "llama",
+            LlmArch::Qwen2 => "qwen2",
+            LlmArch::Phi3 => "phi3",
+            LlmArch::Phi2 => "phi2",
         }
     }
 }
@@ -90,11 +102,6 @@ impl RopeConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    Silu,
-}
-
 /// Everything a decoder-only language model needs to be built and run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmConfig {
@@ -109,10 +116,18 @@ pub struct LlmConfig {
     pub max_position_embeddings: usize,
     pub norm_eps: f32,
     pub rope: RopeConfig,
+    /// The MLP's activation (gated for LLaMA-style blocks, plain for Phi-2).
     pub activation: Activation,
     pub tie_word_embeddings: bool,
-    pub attention_bias: bool,
+    /// Biases on the q, k, v projections.
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection.
+    pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Bias on the output head (Phi-2).
+    pub lm_head_bias: bool,
+    /// Sliding-window attention span (Phi-3), if any.
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// The dtype the checkpoint says it was saved in (informational).
@@ -126,10 +141,77 @@ impl LlmConfig {
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
         let attn = h * (q + 2 * kv) + q * h;
-        let mlp = 3 * h * self.intermediate_size;
+        let mlp_mats = if self.arch == LlmArch::Phi2 { 2 } else { 3 };
+        let mlp = mlp_mats * h * self.intermediate_size;
         let per_layer = attn + mlp + 2 * h;
         let embed = self.vocab_size * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
         embed + head + self.num_layers * per_layer + h
+    }
+}
+
+/// The two vision encoders the supported families use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisionKind {
+    /// OpenAI CLIP ViT: class token, pre-LayerNorm, quick_gelu, bias-free patch conv.
+    Clip,
+    /// SigLIP ViT: no class token, patch conv with bias, gelu tanh.
+    Siglip,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionConfig {
+    pub kind: VisionKind,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    /// Layers in the original tower (the checkpoint may hold fewer).
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub norm_eps: f32,
+    pub activation: Activation,
+}
+
+impl VisionConfig {
+    pub fn grid_side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    pub fn num_patches(&self) -> usize {
+        self.grid_side() * self.grid_side()
+    }
+    /// Positions in the encoder: the patches plus CLIP's class token.
+    pub fn num_positions(&self) -> usize {
+        self.num_patches() + usize::from(self.kind == VisionKind::Clip)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+}
+
+/// How vision features become language-model embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectorKind {
+    /// One Linear (`linear`).
+    Linear,
+    /// Linear–GELU–Linear (`mlp2x_gelu`; Imp, LLaVA-1.5).
+    Mlp2xGelu,
+    /// MobileVLM's lightweight downsample projector (`ldpnet`): MLP then two MobileNetV3
+    /// inverted-residual blocks (stride 1, then 2).
+    Ldp,
+    /// MobileVLM V2's `ldpnetv2`: MLP, 2×2 average pool, PEG depthwise conv + residual.
+    Ldpv2,
+}
+
+impl ProjectorKind {
+    /// Output tokens for a square grid of `side × side` vision tokens.
+    pub fn output_tokens(self, side: usize) -> usize {
+        match self {
+            ProjectorKind::Linear | ProjectorKind::Mlp2xGelu => side * side,
+            // Stride-2 3×3 conv with padding 1.
+            ProjectorKind::Ldp => side.div_ceil(2) * side.div_ceil(2),
+            // AdaptiveAvgPool2d((12, 12)) as the MobileVLM code hard-codes it.
+            ProjectorKind::Ldpv2 => 144,
+        }
     }
 }

@@ -1,7 +1,18 @@
 //! Models, written once against the [`Backend`] ops.
+//!
+//! - `llm/`: decoder-only language models (LLaMA/Qwen2/Phi-3 in `llama.rs`, Phi-2).
+//! - `vision.rs`: CLIP and SigLIP towers; `projector.rs`: MLP, LDP, LDPv2.
+//! - `vlm.rs`: the driver that splices image embeddings into the token sequence and
+//!   implements [`Model`], the backend-erased interface the generation loop drives.
 
 pub mod config;
-pub mod llama;
+pub mod llm;
+pub mod projector;
+pub mod spec;
+pub mod vision;
+pub mod vlm;
+
+use std::ops::Range;
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -13,16 +24,90 @@ use config::LlmConfig;
 pub enum Logits {
     /// Only the last position's (generation).
     Last,
-    /// Every position's, `[tokens × vocab]` (oracle comparisons, `pocketvlm logits`).
+    /// Every position's, `[positions × vocab]` (oracle comparisons, `pocketvlm logits`).
     All,
 }
 
-/// A causal language model with its KV cache: what the generation loop drives.
-pub trait LanguageModel: Send {
-    fn config(&self) -> &LlmConfig;
-    /// Runs `tokens` at positions `pos0..`, appending them to the KV cache (whose entries
-    /// past `pos0` are overwritten), and returns the requested logits.
-    fn forward(&mut self, tokens: &[u32], pos0: usize, logits: Logits) -> Result<Vec<f32>>;
+/// An encoded image held by the model (its projected embedding rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ImageId(pub u64);
+
+/// A piece of model input: text tokens, or rows of an encoded image's embeddings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment<'a> {
+    Tokens(&'a [u32]),
+    Image { id: ImageId, rows: Range<usize> },
+}
+
+impl Segment<'_> {
+    /// Positions this segment occupies.
+    pub fn len(&self) -> usize {
+        match self {
+            Segment::Tokens(t) => t.len(),
+            Segment::Image { rows, .. } => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits `input` into consecutive pieces of at most `max` positions each.
+pub fn split_segments<'a>(input: &[Segment<'a>], max: usize) -> Vec<Vec<Segment<'a>>> {
+    let mut pieces = vec![];
+    let mut current: Vec<Segment<'a>> = vec![];
+    let mut room = max;
+    for seg in input {
+        let mut seg = seg.clone();
+        while !seg.is_empty() {
+            let take = seg.len().min(room);
+            let (head, tail) = match &seg {
+                Segment::Tokens(t) => (Segment::Tokens(&t[..take]), Segment::Tokens(&t[take..])),
+                Segment::Image { id, rows } => (
+                    Segment::Image {
+                        id: *id,
+                        rows: rows.start..rows.start + take,
+                    },
+                    Segment::Image {
+                        id: *id,
+                        rows: rows.start + take..rows.end,
+                    },
+                ),
+            };
+            current.push(head);
+            seg = tail;
+            room -= take;
+            if room == 0 {
+                pieces.push(std::mem::take(&mut current));
+                room = max;
+            }
+        }
+    }
+    if !current.is_empty() {
+        pieces.push(current);
+    }
+    pieces
+}
+
+/// A loaded model with its KV cache and encoded images: what sessions and the generation
+/// loop drive, independent of the backend.
+pub trait Model: Send {
+    fn llm_config(&self) -> &LlmConfig;
+    /// Embedding rows one image becomes (`None` for text-only models).
+    fn image_tokens(&self) -> Option<usize>;
+    /// The square pixel size the vision tower takes (`None` for text-only models).
+    fn image_size(&self) -> Option<usize>;
+    /// Runs the vision tower and projector on normalised CHW pixels and keeps the result.
+    fn encode_image(&mut self, pixels: &[f32]) -> Result<ImageId>;
+    /// The vision tower's selected-layer features for CHW pixels, `[tokens × width]`.
+    fn vision_features(&mut self, pixels: &[f32]) -> Result<Vec<f32>>;
+    /// The projected embedding rows of an encoded image, `[image_tokens × hidden]`.
+    fn image_embeddings(&self, id: ImageId) -> Result<Vec<f32>>;
+    fn release_image(&mut self, id: ImageId);
+    /// Runs `input` at positions `pos0..`, appending to the KV cache (entries past `pos0`
+    /// are replaced), and returns the requested logits.
+    fn forward(&mut self, input: &[Segment], pos0: usize, logits: Logits) -> Result<Vec<f32>>;
     /// Positions the KV cache can hold.
     fn context_len(&self) -> usize;
     /// Bytes of weights held by the backend.
@@ -63,6 +148,19 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         }
     }
 
+    /// `pp(prefix)` unless the prefix is empty.
+    pub fn pp_opt(&self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            WeightLoader {
+                ckpt: self.ckpt,
+                backend: self.backend,
+                prefix: self.prefix.clone(),
+            }
+        } else {
+            self.pp(prefix)
+        }
+    }
+
     pub fn name(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -79,6 +177,33 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
         let t = self.ckpt.tensor_shaped(&self.name(name), shape)?;
         self.backend.weight(t)
+    }
+
+    /// Rows `start..start + count` of the tensor `name` (whose full shape is `shape`).
+    pub fn get_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        start: usize,
+        count: usize,
+    ) -> Result<B::Weight> {
+        let t = self.ckpt.tensor_shaped(&self.name(name), shape)?;
+        self.backend.weight(t.slice_rows(start, count))
+    }
+
+    /// `name` with exactly `shape`, converted to f32 and viewed as `as_shape` (small tensors
+    /// kernels read element-wise: conv kernels, embeddings added once per image).
+    pub fn get_f32(&self, name: &str, shape: &[usize], as_shape: &[usize]) -> Result<B::Weight> {
+        let t = self.ckpt.tensor_shaped(&self.name(name), shape)?;
+        self.backend.weight(t.to_f32().reshape(as_shape.to_vec()))
+    }
+
+    /// The tensor `name` as f32 values on the host.
+    pub fn host_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self
+            .ckpt
+            .tensor_shaped(&self.name(name), shape)?
+            .to_f32_vec())
     }
 
     /// `name` if the checkpoint has it (optional biases).

@@ -8,7 +8,9 @@ pub mod scalar;
 
 use rayon::prelude::*;
 
-use super::{AttentionShape, Backend, RopeShape};
+use std::sync::Arc;
+
+use super::{Activation, AttentionShape, Backend, Grid, RopeShape};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostTensor};
 
@@ -32,8 +34,9 @@ impl CpuTensor {
     }
 }
 
+#[derive(Clone)]
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     threads: usize,
 }
 
@@ -48,7 +51,10 @@ impl CpuBackend {
             .thread_name(|i| format!("pocketvlm-cpu-{i}"))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
-        Ok(CpuBackend { pool, threads })
+        Ok(CpuBackend {
+            pool: Arc::new(pool),
+            threads,
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -56,7 +62,11 @@ impl CpuBackend {
     }
 
     fn f32_slice<'a>(&self, w: &'a HostTensor) -> &'a [f32] {
-        debug_assert_eq!(w.dtype, DType::F32, "1-D weights are converted at load");
+        assert_eq!(
+            w.dtype,
+            DType::F32,
+            "small weights are converted to f32 at load"
+        );
         bytemuck::cast_slice(w.bytes())
     }
 }
@@ -122,17 +132,25 @@ impl Backend for CpuBackend {
         t.as_slice().to_vec()
     }
 
-    fn copy_rows(&self, src: &CpuTensor, start: usize, count: usize, dst: &mut CpuTensor) {
+    fn copy_rows(
+        &self,
+        src: &CpuTensor,
+        src_row: usize,
+        count: usize,
+        dst: &mut CpuTensor,
+        dst_row: usize,
+    ) {
         assert_eq!(src.cols, dst.cols);
-        self.set_rows(dst, count);
+        assert!(src_row + count <= src.rows && dst_row + count <= dst.rows);
         let c = src.cols;
-        dst.as_mut_slice()
-            .copy_from_slice(&src.as_slice()[start * c..(start + count) * c]);
+        dst.data[dst_row * c..(dst_row + count) * c]
+            .copy_from_slice(&src.data[src_row * c..(src_row + count) * c]);
     }
 
-    fn embed(&self, table: &HostTensor, ids: &[u32], out: &mut CpuTensor) {
-        self.set_rows(out, ids.len());
-        scalar::embed(table, ids, out.as_mut_slice());
+    fn embed(&self, table: &HostTensor, ids: &[u32], out: &mut CpuTensor, row0: usize) {
+        assert!(row0 + ids.len() <= out.rows);
+        let c = out.cols;
+        scalar::embed(table, ids, &mut out.data[row0 * c..(row0 + ids.len()) * c]);
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &HostTensor, eps: f32, out: &mut CpuTensor) {
@@ -143,6 +161,24 @@ impl Backend for CpuBackend {
             eps,
             out.as_mut_slice(),
         );
+    }
+
+    fn layer_norm(
+        &self,
+        x: &CpuTensor,
+        weight: &HostTensor,
+        bias: &HostTensor,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) {
+        self.set_rows(out, x.rows);
+        let (w, b) = (self.f32_slice(weight), self.f32_slice(bias));
+        self.pool.install(|| {
+            out.as_mut_slice()
+                .par_chunks_mut(x.cols)
+                .zip(x.as_slice().par_chunks(x.cols))
+                .for_each(|(o, xr)| scalar::layer_norm(xr, w, b, eps, o));
+        });
     }
 
     fn matmul(
@@ -190,9 +226,8 @@ impl Backend for CpuBackend {
             "KV cache overflow: {end} > {}",
             cache.capacity()
         );
-        if end > cache.rows {
-            cache.rows = end;
-        }
+        // Rows past the new end belong to an abandoned continuation.
+        cache.rows = end;
         let c = src.cols;
         cache.data[pos0 * c..end * c].copy_from_slice(src.as_slice());
     }
@@ -200,53 +235,113 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         q: &CpuTensor,
-        k_cache: &CpuTensor,
-        v_cache: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
         shape: AttentionShape,
         pos0: usize,
         out: &mut CpuTensor,
     ) {
         self.set_rows(out, q.rows);
         let hd = shape.head_dim;
-        let (k, v) = (&k_cache.data, &v_cache.data);
-        // One task per (row, head): each writes its own head_dim slice of `out`.
+        let kv_cols = shape.n_kv_heads * hd;
+        let n_keys = k.rows;
+        let (k, v) = (k.as_slice(), v.as_slice());
         let q_data = q.as_slice();
+        // One task per (row, head): each writes its own head_dim slice of `out`.
         self.pool.install(|| {
             out.as_mut_slice()
                 .par_chunks_mut(hd)
                 .enumerate()
                 .for_each(|(i, oh)| {
                     let (t, h) = (i / shape.n_heads, i % shape.n_heads);
-                    let one_head = AttentionShape {
-                        n_heads: 1,
-                        n_kv_heads: 1,
-                        ..shape
-                    };
                     let kvh = h / (shape.n_heads / shape.n_kv_heads);
-                    let n_ctx = pos0 + t + 1;
-                    let kv_cols = shape.n_kv_heads * hd;
-                    // Gather this head's keys and values into contiguous rows.
-                    let mut kh = Vec::with_capacity(n_ctx * hd);
-                    let mut vh = Vec::with_capacity(n_ctx * hd);
-                    for p in 0..n_ctx {
+                    let keys = scalar::visible_keys(shape, pos0, t, n_keys);
+                    // Gather this head's visible keys and values into contiguous rows.
+                    let mut kh = Vec::with_capacity(keys.len() * hd);
+                    let mut vh = Vec::with_capacity(keys.len() * hd);
+                    for p in keys {
                         let s = p * kv_cols + kvh * hd;
                         kh.extend_from_slice(&k[s..s + hd]);
                         vh.extend_from_slice(&v[s..s + hd]);
                     }
+                    let one_head = AttentionShape {
+                        n_heads: 1,
+                        n_kv_heads: 1,
+                        causal: false,
+                        window: None,
+                        ..shape
+                    };
                     let qh = &q_data[t * shape.n_heads * hd + h * hd..][..hd];
-                    // The query is the last of the n_ctx positions.
-                    scalar::attention(qh, &kh, &vh, one_head, n_ctx - 1, oh);
+                    scalar::attention(qh, &kh, &vh, one_head, 0, oh);
                 });
         });
     }
 
-    fn swiglu(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) {
+    fn activate(&self, x: &mut CpuTensor, act: Activation) {
+        self.pool.install(|| {
+            x.as_mut_slice()
+                .par_chunks_mut(4096)
+                .for_each(|c| scalar::activate(c, act));
+        });
+    }
+
+    fn gated(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation, out: &mut CpuTensor) {
         self.set_rows(out, gate.rows);
-        scalar::swiglu(gate.as_slice(), up.as_slice(), out.as_mut_slice());
+        self.pool.install(|| {
+            out.as_mut_slice()
+                .par_chunks_mut(4096)
+                .zip(
+                    gate.as_slice()
+                        .par_chunks(4096)
+                        .zip(up.as_slice().par_chunks(4096)),
+                )
+                .for_each(|(o, (g, u))| scalar::gated(g, u, act, o));
+        });
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
+        assert_eq!((x.rows, x.cols), (y.rows, y.cols));
         scalar::add(x.as_mut_slice(), y.as_slice());
+    }
+
+    fn mul_channels(&self, x: &mut CpuTensor, scale: &CpuTensor) {
+        assert_eq!(x.cols, scale.cols);
+        scalar::mul_channels(x.as_mut_slice(), &scale.as_slice()[..scale.cols]);
+    }
+
+    fn mean_rows(&self, x: &CpuTensor, out: &mut CpuTensor) {
+        assert_eq!(x.cols, out.cols);
+        self.set_rows(out, 1);
+        scalar::mean_rows(x.as_slice(), x.cols, out.as_mut_slice());
+    }
+
+    fn depthwise_conv3x3(
+        &self,
+        x: &CpuTensor,
+        grid: Grid,
+        weight: &HostTensor,
+        bias: Option<&HostTensor>,
+        stride: usize,
+        out: &mut CpuTensor,
+    ) {
+        assert_eq!(x.rows, grid.cells());
+        let rows = scalar::conv3x3_out(grid.h, stride) * scalar::conv3x3_out(grid.w, stride);
+        self.set_rows(out, rows);
+        let bias = bias.map(|b| self.f32_slice(b));
+        scalar::depthwise_conv3x3(
+            x.as_slice(),
+            grid,
+            self.f32_slice(weight),
+            bias,
+            stride,
+            out.as_mut_slice(),
+        );
+    }
+
+    fn adaptive_avg_pool(&self, x: &CpuTensor, grid: Grid, out_grid: Grid, out: &mut CpuTensor) {
+        assert_eq!(x.rows, grid.cells());
+        self.set_rows(out, out_grid.cells());
+        scalar::adaptive_avg_pool(x.as_slice(), x.cols, grid, out_grid, out.as_mut_slice());
     }
 }
 
@@ -279,6 +374,8 @@ mod tests {
                 n_kv_heads: kv,
                 head_dim: hd,
                 scale: 0.3,
+                causal: true,
+                window: if rows > 4 { Some(3) } else { None },
             };
             let ctx = pos0 + rows;
             let q = rand_vec(rows * heads * hd, 1);

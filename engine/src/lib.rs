@@ -17,6 +17,7 @@ pub mod image;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod quant;
 pub mod session;
 pub mod tensor;
 pub mod worker;

@@ -18,7 +18,8 @@ use crate::load::spec::read_model_spec;
 use crate::load::tokenizer::Tokenizer;
 use crate::metrics::ms_since;
 use crate::model::spec::{Family, ImagePlaceholder, ModelSpec, PromptTemplate};
-use crate::model::vlm::Vlm;
+use crate::model::vlm::{QuantPolicy, Vlm};
+use crate::tensor::DType;
 use crate::model::{ImageId, Logits, Model, Segment};
 
 /// Where the model runs.
@@ -52,6 +53,10 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// KV-cache capacity in positions (default: the model's maximum).
     pub context_len: Option<usize>,
+    /// Store the language model's matrices in this format (default: as in the file).
+    pub quant: Option<DType>,
+    /// Store the vision tower's and projector's matrices in this format.
+    pub vision_quant: Option<DType>,
 }
 
 /// What the UI and `pocketvlm info` show about a loaded model.
@@ -177,7 +182,11 @@ impl Session {
                 *dtypes.entry(e.dtype.to_lowercase()).or_insert(0) += 1;
             }
         }
-        let model: Box<dyn Model> = Box::new(Vlm::load(backend, &spec, &ckpt, context_len)?);
+        let quant = QuantPolicy {
+            llm: opts.quant,
+            vision: opts.vision_quant,
+        };
+        let model: Box<dyn Model> = Box::new(Vlm::load(backend, &spec, &ckpt, quant, context_len)?);
 
         let mut stop_ids = cfg.eos_token_ids.clone();
         if let Some(id) = tokenizer

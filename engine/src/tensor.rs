@@ -10,31 +10,72 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 
-/// Element formats a weight can be stored in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Element formats a weight can be stored in: plain floats, or ggml's quantised blocks
+/// (see [`crate::quant`]), which cover 32 consecutive values of a row each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
     F16,
     BF16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
 }
 
 impl DType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Values per storage unit (1 for floats, 32 for a quantised block).
+    pub fn block_size(self) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => crate::quant::QK,
         }
     }
 
-    /// The name safetensors uses for this dtype.
-    pub fn safetensors_name(self) -> &'static str {
+    /// Bytes per storage unit.
+    pub fn type_size(self) -> usize {
         match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+            DType::Q8_0 => 34,
         }
     }
+
+    /// Alignment the kernels need for the bytes (the widest scalar field).
+    pub fn align(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            _ => 2,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+
+    /// Bytes of `n` values, or `None` when `n` is not a whole number of blocks.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        if !n.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.type_size())
+    }
+
+    /// Parses `f32`, `f16`, `bf16`, `q4_0`, `q4_1`, `q8_0`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f32" => DType::F32,
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            "q4_0" => DType::Q4_0,
+            "q4_1" => DType::Q4_1,
+            "q8_0" => DType::Q8_0,
+            _ => return None,
+        })
+    }
+
 }
 
 impl fmt::Display for DType {
@@ -43,6 +84,9 @@ impl fmt::Display for DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q8_0 => "q8_0",
         })
     }
 }
@@ -128,7 +172,7 @@ impl HostTensor {
     /// Builds a tensor, moving bytes to an aligned owned buffer when the mapped bytes are not
     /// aligned for the dtype (safetensors does not promise alignment).
     pub fn new(dtype: DType, shape: Vec<usize>, storage: Storage) -> Self {
-        let storage = if storage.bytes().as_ptr().align_offset(dtype.size()) != 0 {
+        let storage = if storage.bytes().as_ptr().align_offset(dtype.align()) != 0 {
             Storage::from_bytes(storage.bytes())
         } else {
             storage
@@ -207,21 +251,26 @@ impl HostTensor {
         out
     }
 
+    /// Bytes of one row of the matrix view.
+    pub fn row_bytes(&self) -> usize {
+        let (_, cols) = self.rows_cols();
+        cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
     /// Row `r` of the matrix view, converted to f32 into `out`.
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
-        let (_, cols) = self.rows_cols();
-        let sz = self.dtype.size();
-        convert_to_f32(
-            self.dtype,
-            &self.bytes()[r * cols * sz..(r + 1) * cols * sz],
-            out,
-        );
+        let rb = self.row_bytes();
+        convert_to_f32(self.dtype, &self.bytes()[r * rb..(r + 1) * rb], out);
     }
 }
 
 /// Converts `out.len()` elements of `dtype` stored in `bytes` to f32.
 pub fn convert_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    use crate::quant;
     match dtype {
+        DType::Q4_0 => quant::dequantize_q4_0(bytemuck::cast_slice(bytes), out),
+        DType::Q4_1 => quant::dequantize_q4_1(bytemuck::cast_slice(bytes), out),
+        DType::Q8_0 => quant::dequantize_q8_0(bytemuck::cast_slice(bytes), out),
         DType::F32 => out.copy_from_slice(bytemuck::cast_slice(bytes)),
         DType::F16 => {
             let src: &[f16] = bytemuck::cast_slice(bytes);

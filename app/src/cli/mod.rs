@@ -9,6 +9,7 @@ mod run;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{BackendKind, LoadOptions};
 
 #[derive(Parser, Debug)]
@@ -49,6 +50,20 @@ pub struct ModelArgs {
     /// Context window in tokens (default: the model's maximum).
     #[arg(long = "ctx")]
     context: Option<usize>,
+    /// Store the language model's weight matrices as q4_0, q4_1, q8_0, f16 or f32
+    /// (default: as in the file).
+    #[arg(long, value_parser = parse_dtype)]
+    quant: Option<DType>,
+    /// The same for the vision tower and projector.
+    #[arg(long, value_parser = parse_dtype)]
+    vision_quant: Option<DType>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match DType::parse(s) {
+        Some(DType::BF16) | None => Err(format!("unknown format `{s}` (expected q4_0, q4_1, q8_0, f16 or f32)")),
+        Some(d) => Ok(d),
+    }
 }
 
 impl ModelArgs {
@@ -57,6 +72,8 @@ impl ModelArgs {
             backend: self.backend,
             threads: self.threads,
             context_len: self.context,
+            quant: self.quant,
+            vision_quant: self.vision_quant,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Reading models from disk: safetensors checkpoints, config.json, tokenizers.
 
+pub mod gguf;
 pub mod hf;
 pub mod safetensors;
+pub mod source;
 pub mod spec;
 pub mod tokenizer;

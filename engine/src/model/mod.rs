@@ -16,7 +16,8 @@ use std::ops::Range;
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::load::safetensors::Checkpoint;
+use crate::load::source::{TensorSource, tensor_shaped};
+use crate::tensor::DType;
 use config::LlmConfig;
 
 /// Which logits a forward pass returns.
@@ -118,20 +119,30 @@ pub trait Model: Send {
 }
 
 /// Reads a module's weights by name from a checkpoint, the way candle's `VarBuilder` does:
-/// `w.pp("model.layers.0").get("self_attn.q_proj.weight", &[out, in])`.
+/// `w.pp("model.layers.0").get("self_attn.q_proj.weight", &[out, in])`. Matrices read with
+/// [`WeightLoader::matrix`] are quantised at load when the loader has a target format.
 pub struct WeightLoader<'a, B: Backend> {
-    pub ckpt: &'a Checkpoint,
+    pub src: &'a dyn TensorSource,
     pub backend: &'a B,
     prefix: String,
+    /// Store matrices in this format (quantise-on-load); `None` keeps them as stored.
+    quant: Option<DType>,
 }
 
 impl<'a, B: Backend> WeightLoader<'a, B> {
-    pub fn new(ckpt: &'a Checkpoint, backend: &'a B) -> Self {
+    pub fn new(src: &'a dyn TensorSource, backend: &'a B) -> Self {
         WeightLoader {
-            ckpt,
+            src,
             backend,
             prefix: String::new(),
+            quant: None,
         }
+    }
+
+    /// This loader with matrices stored as `quant` (`None`: as in the file).
+    pub fn with_quant(mut self, quant: Option<DType>) -> Self {
+        self.quant = quant;
+        self
     }
 
     /// A loader for the sub-module `name`.
@@ -142,9 +153,10 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             format!("{}.{name}", self.prefix)
         };
         WeightLoader {
-            ckpt: self.ckpt,
+            src: self.src,
             backend: self.backend,
             prefix,
+            quant: self.quant,
         }
     }
 
@@ -152,9 +164,10 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     pub fn pp_opt(&self, prefix: &str) -> Self {
         if prefix.is_empty() {
             WeightLoader {
-                ckpt: self.ckpt,
+                src: self.src,
                 backend: self.backend,
                 prefix: self.prefix.clone(),
+                quant: self.quant,
             }
         } else {
             self.pp(prefix)
@@ -170,48 +183,47 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.ckpt.contains(&self.name(name))
+        self.src.contains(&self.name(name))
     }
 
-    /// The weight `name` with exactly `shape`.
+    /// The host tensor `name` with exactly `shape` (size-1 dimensions may differ on disk).
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<crate::tensor::HostTensor> {
+        tensor_shaped(self.src, &self.name(name), shape)
+    }
+
+    /// The weight `name` with exactly `shape`, as stored.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
-        let t = self.ckpt.tensor_shaped(&self.name(name), shape)?;
-        self.backend.weight(t)
+        self.backend.weight(self.host(name, shape)?)
     }
 
-    /// Rows `start..start + count` of the tensor `name` (whose full shape is `shape`).
-    pub fn get_rows(
-        &self,
-        name: &str,
-        shape: &[usize],
-        start: usize,
-        count: usize,
-    ) -> Result<B::Weight> {
-        let t = self.ckpt.tensor_shaped(&self.name(name), shape)?;
-        self.backend.weight(t.slice_rows(start, count))
+    /// A weight matrix `[out, in]` (a linear layer, an embedding table), converted to the
+    /// loader's quantisation target when it has one and the rows are whole blocks.
+    pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        let t = self.host(name, shape)?;
+        self.backend.weight(crate::quant::convert_matrix(t, self.quant))
+    }
+
+    /// Rows `start..start + count` of the matrix `name` (whose full shape is `shape`),
+    /// quantised like [`WeightLoader::matrix`].
+    pub fn matrix_rows(&self, name: &str, shape: &[usize], start: usize, count: usize) -> Result<B::Weight> {
+        let t = self.host(name, shape)?.slice_rows(start, count);
+        self.backend.weight(crate::quant::convert_matrix(t, self.quant))
+    }
+
+    /// Rows `start..start + count` of the 1-D or 2-D tensor `name`, as stored.
+    pub fn get_rows(&self, name: &str, shape: &[usize], start: usize, count: usize) -> Result<B::Weight> {
+        self.backend.weight(self.host(name, shape)?.slice_rows(start, count))
     }
 
     /// `name` with exactly `shape`, converted to f32 and viewed as `as_shape` (small tensors
     /// kernels read element-wise: conv kernels, embeddings added once per image).
     pub fn get_f32(&self, name: &str, shape: &[usize], as_shape: &[usize]) -> Result<B::Weight> {
-        let t = self.ckpt.tensor_shaped(&self.name(name), shape)?;
+        let t = self.host(name, shape)?;
         self.backend.weight(t.to_f32().reshape(as_shape.to_vec()))
     }
 
     /// The tensor `name` as f32 values on the host.
     pub fn host_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        Ok(self
-            .ckpt
-            .tensor_shaped(&self.name(name), shape)?
-            .to_f32_vec())
-    }
-
-    /// `name` if the checkpoint has it (optional biases).
-    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<B::Weight>> {
-        if self.contains(name) {
-            self.get(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
+        Ok(self.host(name, shape)?.to_f32_vec())
     }
 }

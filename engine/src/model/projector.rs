@@ -48,11 +48,9 @@ impl<B: Backend> InvertedResidual<B> {
     fn load(w: &WeightLoader<B>, c: usize, stride: usize) -> Result<Self> {
         let s = make_divisible(c / 4, 8);
         let conv1x1 = |name: &str, out_c: usize, in_c: usize, bias: bool| -> Result<Linear<B>> {
-            let t = w
-                .ckpt
-                .tensor_shaped(&w.name(&format!("{name}.weight")), &[out_c, in_c, 1, 1])?;
+            // A 1×1 convolution is a linear layer over channels.
             Ok(Linear {
-                weight: w.backend.weight(t.reshape(vec![out_c, in_c]))?,
+                weight: w.matrix(&format!("{name}.weight"), &[out_c, in_c])?,
                 bias: if bias {
                     Some(w.get(&format!("{name}.bias"), &[out_c])?)
                 } else {

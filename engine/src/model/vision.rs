@@ -52,9 +52,8 @@ impl<B: Backend> VisionTower<B> {
         let p = cfg.patch_size;
         let e = w.pp("embeddings");
         let patch_in = 3 * p * p;
-        let patch = e
-            .ckpt
-            .tensor_shaped(&e.name("patch_embedding.weight"), &[h, 3, p, p])?;
+        // Kept as stored: quantising the patch embedding costs accuracy for no memory.
+        let patch = e.host("patch_embedding.weight", &[h, 3, p, p])?;
         let patch_weight = be.weight(patch.reshape(vec![h, patch_in]))?;
         let is_clip = cfg.kind == VisionKind::Clip;
         let patch_bias = if is_clip {

@@ -13,7 +13,18 @@ use super::{ImageId, Logits, Model, Segment, WeightLoader};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::load::safetensors::Checkpoint;
+use crate::load::source::TensorSource;
 use crate::model::config::LlmConfig;
+use crate::tensor::DType;
+
+/// Storage formats for the weight matrices, by role (quantise-on-load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuantPolicy {
+    /// The language model's linear layers, embeddings and head.
+    pub llm: Option<DType>,
+    /// The vision tower's and projector's linear layers (not the patch embedding).
+    pub vision: Option<DType>,
+}
 
 struct Vision<B: Backend> {
     tower: VisionTower<B>,
@@ -34,14 +45,14 @@ pub struct Vlm<B: Backend> {
 
 /// Opens the tower's weights: the main checkpoint when it carries them, else the tower's
 /// own directory (transformers 4 saves its `vision_model.` prefix, transformers 5 none).
-fn tower_source(ckpt: &Checkpoint, spec: &VisionSpec) -> Result<(Option<Checkpoint>, String)> {
+fn tower_source(src: &dyn TensorSource, spec: &VisionSpec) -> Result<(Option<Checkpoint>, String)> {
     let probe = "embeddings.patch_embedding.weight";
-    if ckpt.contains(&format!("{}.{probe}", spec.weights.prefix)) {
+    if src.contains(&format!("{}.{probe}", spec.weights.prefix)) {
         return Ok((None, spec.weights.prefix.clone()));
     }
     let Some(dir) = &spec.weights.dir else {
         return Err(Error::MissingTensor {
-            path: ckpt.dir().to_path_buf(),
+            path: src.location().to_path_buf(),
             name: format!(
                 "{}.{probe} (the vision tower is not in this checkpoint and no local tower directory was found)",
                 spec.weights.prefix
@@ -58,14 +69,29 @@ fn tower_source(ckpt: &Checkpoint, spec: &VisionSpec) -> Result<(Option<Checkpoi
 }
 
 impl<B: Backend> Vlm<B> {
-    pub fn load(be: B, spec: &ModelSpec, ckpt: &Checkpoint, context_len: usize) -> Result<Self> {
-        let decoder = load_decoder(&be, &spec.llm, ckpt, "", context_len)?;
+    /// Loads the model from `src`; matrices of the language model are stored as
+    /// `quant.llm`, those of the vision tower and projector as `quant.vision` (`None`: as in
+    /// the file).
+    pub fn load(
+        be: B,
+        spec: &ModelSpec,
+        src: &dyn TensorSource,
+        quant: QuantPolicy,
+        context_len: usize,
+    ) -> Result<Self> {
+        let llm_w = WeightLoader::new(src, &be).with_quant(quant.llm);
+        let decoder = load_decoder(&be, &spec.llm, &llm_w, context_len)?;
         let vision = match &spec.vision {
             None => None,
             Some(vs) => {
-                let (tower_ckpt, prefix) = tower_source(ckpt, vs)?;
-                let tower_w =
-                    WeightLoader::new(tower_ckpt.as_ref().unwrap_or(ckpt), &be).pp_opt(&prefix);
+                let (tower_ckpt, prefix) = tower_source(src, vs)?;
+                let tower_src: &dyn TensorSource = match &tower_ckpt {
+                    Some(c) => c,
+                    None => src,
+                };
+                let tower_w = WeightLoader::new(tower_src, &be)
+                    .with_quant(quant.vision)
+                    .pp_opt(&prefix);
                 let tower = VisionTower::load(
                     be.clone(),
                     vs.tower.clone(),
@@ -73,7 +99,9 @@ impl<B: Backend> Vlm<B> {
                     vs.layers_to_run,
                     vs.drop_cls,
                 )?;
-                let proj_w = WeightLoader::new(ckpt, &be).pp("model.mm_projector");
+                let proj_w = WeightLoader::new(src, &be)
+                    .with_quant(quant.vision)
+                    .pp("model.mm_projector");
                 let projector = Projector::load(
                     &proj_w,
                     vs.projector,

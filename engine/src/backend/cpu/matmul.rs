@@ -54,7 +54,7 @@ pub fn matmul(x: &[f32], w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32], 
     assert_eq!(out.len(), t_rows * n_out);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let bytes = w.bytes();
-    let elem = w.dtype.size();
+    let row_bytes = w.row_bytes();
     let block = block_size(n_out, threads);
     let n_blocks = n_out.div_ceil(block);
 
@@ -62,11 +62,11 @@ pub fn matmul(x: &[f32], w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32], 
         || vec![0.0f32; k],
         |row_buf, b| {
             for n in b * block..((b + 1) * block).min(n_out) {
-                let row_bytes = &bytes[n * k * elem..(n + 1) * k * elem];
+                let row_data = &bytes[n * row_bytes..(n + 1) * row_bytes];
                 let row: &[f32] = if w.dtype == DType::F32 {
-                    bytemuck::cast_slice(row_bytes)
+                    bytemuck::cast_slice(row_data)
                 } else {
-                    convert_to_f32(w.dtype, row_bytes, row_buf);
+                    convert_to_f32(w.dtype, row_data, row_buf);
                     row_buf
                 };
                 let b_n = bias.map_or(0.0, |b| b[n]);
@@ -112,6 +112,7 @@ mod tests {
                 .iter()
                 .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
                 .collect(),
+            q => crate::quant::quantize(q, &v),
         };
         HostTensor::new(dtype, vec![n, k], Storage::from_bytes(&bytes))
     }
@@ -122,7 +123,7 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             for &(t, n, k) in &[
                 (1, 1, 1),
                 (1, 7, 33),

@@ -111,7 +111,7 @@ impl<B: Backend> Llama<B> {
         let q_dim = cfg.num_heads * cfg.head_dim;
         let kv_dim = cfg.num_kv_heads * cfg.head_dim;
         let m = w.pp("model");
-        let embed = m.get("embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = m.matrix("embed_tokens.weight", &[cfg.vocab_size, h])?;
         let layers = (0..cfg.num_layers)
             .map(|i| Layer::load(&m.pp(format!("layers.{i}")), &cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -119,7 +119,7 @@ impl<B: Backend> Llama<B> {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(w.get("lm_head.weight", &[cfg.vocab_size, h])?)
+            Some(w.matrix("lm_head.weight", &[cfg.vocab_size, h])?)
         };
         let (rope_cos, rope_sin) = rope_tables(&be, &cfg, context_len);
         let c = PREFILL_CHUNK;

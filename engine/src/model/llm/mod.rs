@@ -9,7 +9,6 @@ use super::WeightLoader;
 use super::config::{LlmArch, LlmConfig};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::load::safetensors::Checkpoint;
 
 /// Tokens processed per forward chunk: bounds the activation buffers during prefill.
 pub const PREFILL_CHUNK: usize = 128;
@@ -34,11 +33,9 @@ pub trait Decoder<B: Backend>: Send {
 pub fn load_decoder<B: Backend>(
     be: &B,
     cfg: &LlmConfig,
-    ckpt: &Checkpoint,
-    prefix: &str,
+    w: &WeightLoader<B>,
     context_len: usize,
 ) -> Result<Box<dyn Decoder<B>>> {
-    let w = WeightLoader::new(ckpt, be).pp_opt(prefix);
     Ok(match cfg.arch {
         LlmArch::Llama | LlmArch::Qwen2 | LlmArch::Phi3 => Box::new(llama::Llama::load(
             be.clone(),
@@ -59,7 +56,7 @@ pub struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     pub fn load(w: &WeightLoader<B>, out_f: usize, in_f: usize, bias: bool) -> Result<Self> {
         Ok(Linear {
-            weight: w.get("weight", &[out_f, in_f])?,
+            weight: w.matrix("weight", &[out_f, in_f])?,
             bias: if bias {
                 Some(w.get("bias", &[out_f])?)
             } else {
@@ -79,7 +76,7 @@ impl<B: Backend> Linear<B> {
         bias: bool,
     ) -> Result<Self> {
         Ok(Linear {
-            weight: w.get_rows("weight", &[fused_out, in_f], start, count)?,
+            weight: w.matrix_rows("weight", &[fused_out, in_f], start, count)?,
             bias: if bias {
                 Some(w.get_rows("bias", &[fused_out], start, count)?)
             } else {

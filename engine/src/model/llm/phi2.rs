@@ -85,7 +85,7 @@ impl<B: Backend> Phi2<B> {
         };
         let (rope_cos, rope_sin) = rope_tables(&be, &cfg, context_len);
         Ok(Phi2 {
-            embed: m.get("embed_tokens.weight", &[cfg.vocab_size, h])?,
+            embed: m.matrix("embed_tokens.weight", &[cfg.vocab_size, h])?,
             layers,
             final_norm_weight: m.get("final_layernorm.weight", &[h])?,
             final_norm_bias: m.get("final_layernorm.bias", &[h])?,

@@ -3,4 +3,5 @@
 mod bad_inputs;
 mod engine_thread;
 mod llama;
+mod pytorch_bin;
 mod tokenizer;

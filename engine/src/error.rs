@@ -38,6 +38,15 @@ pub enum Error {
         supported: String,
     },
 
+    /// A pickle-based checkpoint (pytorch_model.bin) names a Python callable outside the
+    /// tensor-rebuilding allowlist (`global` is `module.name`). Python would run it while
+    /// loading, so the file is refused rather than partly trusted.
+    #[error(
+        "{}: the pickle calls `{global}`, which is not a tensor constructor; refusing to load it (pickles can run code)",
+        path.display()
+    )]
+    UnsafePickle { path: PathBuf, global: String },
+
     #[error("{}: tensor `{name}` not found", path.display())]
     MissingTensor { path: PathBuf, name: String },
 

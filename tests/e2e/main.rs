@@ -3,5 +3,6 @@
 mod bad_inputs;
 mod engine_thread;
 mod llama;
+mod pytorch_bin;
 mod tokenizer;
 mod vlm;

@@ -2,6 +2,7 @@
 
 pub mod gguf;
 pub mod hf;
+pub mod pytorch;
 pub mod safetensors;
 pub mod source;
 pub mod spec;

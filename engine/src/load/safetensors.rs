@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::load::pytorch::PytorchFile;
 use crate::tensor::{DType, HostTensor, Storage};
 
 /// Headers larger than this are refused (real ones are well under 10 MB).
@@ -204,37 +205,106 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     Ok((tensors, metadata))
 }
 
-/// The weights of a Hugging Face checkpoint directory: one file or an indexed set of shards.
+/// One weight file of a checkpoint, in either format.
+enum WeightFile {
+    Safetensors(SafetensorsFile),
+    /// `pytorch_model*.bin` (torch.save), read without running its pickle.
+    Pytorch(PytorchFile),
+}
+
+impl WeightFile {
+    fn open(path: &Path, format: Format) -> Result<Self> {
+        Ok(match format {
+            Format::Safetensors => WeightFile::Safetensors(SafetensorsFile::open(path)?),
+            Format::Pytorch => WeightFile::Pytorch(PytorchFile::open(path)?),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            WeightFile::Safetensors(f) => f.path(),
+            WeightFile::Pytorch(f) => f.path(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            WeightFile::Safetensors(f) => f.names().map(str::to_string).collect(),
+            WeightFile::Pytorch(f) => f.names().map(str::to_string).collect(),
+        }
+    }
+
+    fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        match self {
+            WeightFile::Safetensors(f) => f.entry(name),
+            WeightFile::Pytorch(f) => f.entry(name),
+        }
+    }
+
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        match self {
+            WeightFile::Safetensors(f) => f.tensor(name),
+            WeightFile::Pytorch(f) => f.tensor(name),
+        }
+    }
+
+    fn total_bytes(&self) -> usize {
+        match self {
+            WeightFile::Safetensors(f) => f.tensors.values().map(|e| e.end - e.start).sum(),
+            WeightFile::Pytorch(f) => f.total_bytes(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Safetensors,
+    Pytorch,
+}
+
+/// The weights of a Hugging Face checkpoint directory: one file or an indexed set of shards,
+/// as safetensors (preferred when both are present) or as PyTorch `pytorch_model.bin`.
 pub struct Checkpoint {
     dir: PathBuf,
-    files: Vec<SafetensorsFile>,
+    files: Vec<WeightFile>,
     /// Tensor name → index into `files`.
     index: HashMap<String, usize>,
 }
 
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let single = dir.join("model.safetensors");
-        if index_path.exists() {
-            Self::open_sharded(dir, &index_path)
-        } else if single.exists() {
-            let file = SafetensorsFile::open(&single)?;
-            let index = file.names().map(|n| (n.to_string(), 0)).collect();
-            Ok(Checkpoint {
+        // In order of preference: safetensors needs no pickle at all, so a directory that
+        // ships both formats (many Hugging Face repos do) is read from its safetensors.
+        let candidates = [
+            ("model.safetensors.index.json", true, Format::Safetensors),
+            ("model.safetensors", false, Format::Safetensors),
+            ("pytorch_model.bin.index.json", true, Format::Pytorch),
+            ("pytorch_model.bin", false, Format::Pytorch),
+        ];
+        for (name, is_index, format) in candidates {
+            let path = dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            if is_index {
+                return Self::open_sharded(dir, &path, format);
+            }
+            let file = WeightFile::open(&path, format)?;
+            let index = file.names().into_iter().map(|n| (n, 0)).collect();
+            return Ok(Checkpoint {
                 dir: dir.to_path_buf(),
                 files: vec![file],
                 index,
-            })
-        } else {
-            Err(Error::bad_file(
-                dir,
-                "no model.safetensors or model.safetensors.index.json in this directory",
-            ))
+            });
         }
+        Err(Error::bad_file(
+            dir,
+            "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
+             pytorch_model.bin.index.json in this directory",
+        ))
     }
 
-    fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
+    fn open_sharded(dir: &Path, index_path: &Path, format: Format) -> Result<Self> {
         let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(index_path, format!("not valid JSON: {e}")))?;
@@ -259,7 +329,7 @@ impl Checkpoint {
             let i = match shard_of_name.get(shard) {
                 Some(&i) => i,
                 None => {
-                    files.push(SafetensorsFile::open(&dir.join(shard))?);
+                    files.push(WeightFile::open(&dir.join(shard), format)?);
                     shard_of_name.insert(shard, files.len() - 1);
                     files.len() - 1
                 }
@@ -317,25 +387,23 @@ impl Checkpoint {
 
     /// A tensor whose shape must be exactly `expected`.
     pub fn tensor_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        let t = self.tensor(name)?;
-        if t.shape != expected {
+        // Checked before reading: a strided PyTorch tensor is copied when it is read.
+        if let Some(e) = self.entry(name)
+            && e.shape != expected
+        {
             return Err(Error::ShapeMismatch {
                 path: self.path_of(name).to_path_buf(),
                 name: name.to_string(),
                 expected: expected.to_vec(),
-                actual: t.shape.clone(),
+                actual: e.shape.clone(),
             });
         }
-        Ok(t)
+        self.tensor(name)
     }
 
     /// Total bytes of all tensors.
     pub fn total_bytes(&self) -> usize {
-        self.files
-            .iter()
-            .flat_map(|f| f.tensors.values())
-            .map(|e| e.end - e.start)
-            .sum()
+        self.files.iter().map(WeightFile::total_bytes).sum()
     }
 }
 

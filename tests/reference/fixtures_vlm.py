@@ -392,10 +392,14 @@ def save_reference(path, tensors, meta):
     save_file(tensors, path, metadata={"meta": json.dumps(meta, sort_keys=True)})
 
 
-def save_checkpoint(out, state, dtype, shard_size=None):
-    """model.safetensors (or shards + index) of `state`, in `dtype`, keys sorted."""
+def save_checkpoint(out, state, dtype, pytorch_bin=False):
+    """model.safetensors of `state` in `dtype`, keys sorted — or, as MobileVLM's published
+    repositories ship it, a torch.save `pytorch_model.bin`."""
     state = {k: v.detach().to(dtype).contiguous() for k, v in sorted(state.items())}
-    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    if pytorch_bin:
+        torch.save(state, os.path.join(out, "pytorch_model.bin"))
+    else:
+        save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 
 
 def tower_state(tower, prefix, keep_layers=None):
@@ -468,7 +472,8 @@ def mobilevlm(root, name, projector_type, images_dir, spm_dir):
     state = dict(lm.state_dict())
     state |= tower_state(tower, "model.vision_tower.vision_tower.")
     state |= {"model.mm_projector." + k: v for k, v in proj.state_dict().items()}
-    save_checkpoint(out, state, torch.bfloat16)
+    # MobileVLM v1 as published: pytorch_model.bin only.
+    save_checkpoint(out, state, torch.bfloat16, pytorch_bin=projector_type == "ldpnet")
 
     cfg = llm_config_dict(lcfg, "mobilevlm", ["MobileLlamaForCausalLM"], {
         "mm_hidden_size": 48, "mm_projector_type": projector_type, "mm_use_im_patch_token": False,

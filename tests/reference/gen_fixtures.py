@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 import fixtures_images
+import fixtures_pytorch
 import fixtures_spm
 import fixtures_vlm
 
@@ -285,6 +286,7 @@ def main():
         tokenizer_fixture(args.out, tok)
         llama_fixtures(args.out, tok)
         fixtures_vlm.write(args.out, os.path.join(work, "smollm2_tok_small"))
+    fixtures_pytorch.write(args.out)
 
     sums = {}
     for dirpath, _, files in sorted(os.walk(args.out)):

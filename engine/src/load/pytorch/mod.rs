@@ -185,6 +185,7 @@ impl PytorchFile {
             )?;
             Storage::Owned {
                 words: Arc::new(words),
+                offset: 0,
                 len,
             }
         };

@@ -3,4 +3,5 @@
 mod bad_inputs;
 mod engine_thread;
 mod llama;
+mod spm;
 mod tokenizer;

@@ -2,4 +2,5 @@
 
 pub mod hf;
 pub mod safetensors;
+pub mod spm;
 pub mod tokenizer;

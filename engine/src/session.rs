@@ -15,7 +15,7 @@ use crate::generate::{self, Generation, SamplingParams, TextStream};
 use crate::load::hf::{ConfigReader, read_json};
 use crate::load::safetensors::Checkpoint;
 use crate::load::spec::read_model_spec;
-use crate::load::tokenizer::Tokenizer;
+use crate::load::tokenizer::{Tokenizer, TokenizerPreference};
 use crate::metrics::ms_since;
 use crate::model::spec::{Family, ImagePlaceholder, ModelSpec, PromptTemplate};
 use crate::model::vlm::{QuantPolicy, Vlm};
@@ -158,7 +158,12 @@ impl Session {
             ));
         }
         let spec = read_model_spec(path)?;
-        let tokenizer = Tokenizer::from_dir(path)?;
+        // MobileVLM's reference code runs the slow SentencePiece tokenizer.
+        let preference = match spec.family {
+            Family::MobileVlm | Family::MobileVlmV2 => TokenizerPreference::SentencePiece,
+            _ => TokenizerPreference::Auto,
+        };
+        let tokenizer = Tokenizer::from_dir_with(path, preference)?;
         let ckpt = Checkpoint::open(path)?;
 
         let backend = match opts.backend {

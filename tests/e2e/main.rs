@@ -4,5 +4,6 @@ mod bad_inputs;
 mod engine_thread;
 mod llama;
 mod pytorch_bin;
+mod spm;
 mod tokenizer;
 mod vlm;

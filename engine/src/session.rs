@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 use crate::generate::{self, Generation, SamplingParams, TextStream};
 use crate::load::hf::{ConfigReader, read_json};
 use crate::load::safetensors::Checkpoint;
+use crate::load::gguf::GgufFile;
+use crate::load::gguf_model::{self, GgufSource, Sources};
+use crate::load::gguf_tokenizer;
+use crate::load::source::TensorSource;
 use crate::load::spec::read_model_spec;
 use crate::load::tokenizer::{Tokenizer, TokenizerPreference};
 use crate::metrics::ms_since;
@@ -57,6 +61,8 @@ pub struct LoadOptions {
     pub quant: Option<DType>,
     /// Store the vision tower's and projector's matrices in this format.
     pub vision_quant: Option<DType>,
+    /// A llama.cpp CLIP projector file to pair with a GGUF language model (MobileVLM).
+    pub mmproj: Option<PathBuf>,
 }
 
 /// What the UI and `pocketvlm info` show about a loaded model.
@@ -111,6 +117,25 @@ impl Prompt {
     }
 }
 
+/// What a loader found before the model is built.
+struct Loaded<'a> {
+    path: &'a Path,
+    spec: ModelSpec,
+    tokenizer: Tokenizer,
+    dtypes: BTreeMap<String, usize>,
+    default_sampling: SamplingParams,
+}
+
+/// Whether a file starts with the GGUF magic.
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == crate::load::gguf::GGUF_MAGIC
+}
+
 pub struct Session {
     model: Box<dyn Model>,
     tokenizer: Tokenizer,
@@ -145,10 +170,18 @@ impl Session {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_file() && is_gguf(path) {
+            return Self::load_gguf(path, opts, start);
+        }
+        if opts.mmproj.is_some() {
+            return Err(Error::InvalidArgument(
+                "--mmproj goes with a GGUF language model file".into(),
+            ));
+        }
         if !meta.is_dir() {
             return Err(Error::bad_file(
                 path,
-                "expected a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer)",
+                "expected a Hugging Face checkpoint directory (config.json, weights, tokenizer) or a GGUF file",
             ));
         }
         if !path.join("config.json").exists() {
@@ -165,7 +198,58 @@ impl Session {
         };
         let tokenizer = Tokenizer::from_dir_with(path, preference)?;
         let ckpt = Checkpoint::open(path)?;
+        let mut dtypes = BTreeMap::new();
+        for name in ckpt.names() {
+            if let Some(e) = ckpt.entry(name) {
+                *dtypes.entry(e.dtype.to_lowercase()).or_insert(0) += 1;
+            }
+        }
+        let loaded = Loaded {
+            path,
+            spec,
+            tokenizer,
+            dtypes,
+            default_sampling: default_sampling(path)?,
+        };
+        Self::finish_load(loaded, &ckpt, opts, start)
+    }
 
+    /// An LLM GGUF file, plus the mmproj file of `opts` for a vision model.
+    fn load_gguf(path: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let mmproj = opts.mmproj.as_deref().map(GgufFile::open).transpose()?;
+        let spec = gguf_model::model_spec(&file, mmproj.as_ref())?;
+        let tokenizer = gguf_tokenizer::tokenizer(&file)?;
+        let mut dtypes = BTreeMap::new();
+        for f in std::iter::once(&file).chain(mmproj.as_ref()) {
+            for t in f.tensors.values() {
+                *dtypes.entry(format!("{:?}", t.ty).to_lowercase()).or_insert(0) += 1;
+            }
+        }
+        let mut sources: Vec<Box<dyn TensorSource>> =
+            vec![Box::new(GgufSource::new(file, gguf_model::hf_name_of_llm_tensor))];
+        if let Some(m) = mmproj {
+            sources.push(Box::new(GgufSource::new(m, gguf_model::hf_name_of_mmproj_tensor)));
+        }
+        let loaded = Loaded {
+            path,
+            spec,
+            tokenizer,
+            dtypes,
+            default_sampling: SamplingParams::default(),
+        };
+        Self::finish_load(loaded, &Sources(sources), opts, start)
+    }
+
+    /// Builds the model on the chosen backend and the session around it.
+    fn finish_load(loaded: Loaded, src: &dyn TensorSource, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        let Loaded {
+            path,
+            spec,
+            tokenizer,
+            dtypes,
+            default_sampling,
+        } = loaded;
         let backend = match opts.backend {
             BackendKind::Cpu | BackendKind::Auto => CpuBackend::new(opts.threads)?,
             BackendKind::Gpu => {
@@ -180,18 +264,11 @@ impl Session {
             .unwrap_or(cfg.max_position_embeddings)
             .min(cfg.max_position_embeddings)
             .max(1);
-
-        let mut dtypes = BTreeMap::new();
-        for name in ckpt.names() {
-            if let Some(e) = ckpt.entry(name) {
-                *dtypes.entry(e.dtype.to_lowercase()).or_insert(0) += 1;
-            }
-        }
         let quant = QuantPolicy {
             llm: opts.quant,
             vision: opts.vision_quant,
         };
-        let model: Box<dyn Model> = Box::new(Vlm::load(backend, &spec, &ckpt, quant, context_len)?);
+        let model: Box<dyn Model> = Box::new(Vlm::load(backend, &spec, src, quant, context_len)?);
 
         let mut stop_ids = cfg.eos_token_ids.clone();
         if let Some(id) = tokenizer
@@ -218,7 +295,7 @@ impl Session {
             backend: model.backend_name(),
             has_chat_template: spec.template != PromptTemplate::Jinja
                 || tokenizer.chat_template.is_some(),
-            default_sampling: default_sampling(path)?,
+            default_sampling,
             load_ms: ms_since(start),
         };
         Ok(Session {

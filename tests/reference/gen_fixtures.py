@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 import fixtures_images
 import fixtures_pytorch
+import fixtures_smollm2
 import fixtures_spm
 import fixtures_vlm
 
@@ -287,6 +288,7 @@ def main():
         llama_fixtures(args.out, tok)
         fixtures_vlm.write(args.out, os.path.join(work, "smollm2_tok_small"))
     fixtures_pytorch.write(args.out)
+    fixtures_smollm2.write(args.out, gguf_path)
 
     sums = {}
     for dirpath, _, files in sorted(os.walk(args.out)):

@@ -38,9 +38,12 @@ enum Commands {
 /// Options shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A Hugging Face checkpoint directory.
+    /// A Hugging Face checkpoint directory, or a GGUF file.
     #[arg(long, short)]
     model: PathBuf,
+    /// With a GGUF language model: llama.cpp's CLIP projector file (MobileVLM).
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
     /// Where to run: cpu, gpu or auto.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
@@ -74,6 +77,7 @@ impl ModelArgs {
             context_len: self.context,
             quant: self.quant,
             vision_quant: self.vision_quant,
+            mmproj: self.mmproj.clone(),
         }
     }
 }

@@ -121,41 +121,44 @@ pub fn generate(
     }
 }
 
-/// Turns a growing token sequence into text deltas without splitting UTF-8 characters
-/// (a byte-level BPE token can end mid-character) and without losing the spaces that
-/// SentencePiece decoders strip at the start of a sequence.
+/// Turns a growing token sequence into text deltas. Like transformers' text streamers, the
+/// whole answer is decoded at every token and only its stable part is released: an
+/// incomplete UTF-8 character at the end (a byte-level token can stop mid-character) and
+/// everything from the last whitespace on are held back, because later tokens may
+/// complete the character or change how that whitespace decodes (SentencePiece's legacy
+/// rules, clean-up of " ." and " 's"). Text without spaces (CJK) flows at once.
 #[derive(Default)]
 pub struct TextStream {
     ids: Vec<u32>,
-    prefix: usize,
-    read: usize,
+    emitted: String,
 }
 
 impl TextStream {
-    /// Adds a token; returns the text it completes, if any.
+    /// Adds a token; returns the text it makes stable, if any.
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let before = tokenizer.decode(&self.ids[self.prefix..self.read], true)?;
-        let now = tokenizer.decode(&self.ids[self.prefix..], true)?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
-            let delta = match now.strip_prefix(&before) {
-                Some(d) => d.to_string(),
-                None => now.get(before.len()..).unwrap_or_default().to_string(),
-            };
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            Ok(Some(delta))
-        } else {
-            Ok(None)
+        let text = tokenizer.decode(&self.ids, true)?;
+        let candidate = text.trim_end_matches('\u{FFFD}');
+        let Some(unreleased) = candidate.strip_prefix(self.emitted.as_str()) else {
+            return Ok(None);
+        };
+        let stable = match unreleased.rfind(char::is_whitespace) {
+            Some(i) => unreleased[..i].trim_end(),
+            None => unreleased,
+        };
+        if stable.is_empty() {
+            return Ok(None);
         }
+        let delta = stable.to_string();
+        self.emitted.push_str(&delta);
+        Ok(Some(delta))
     }
 
-    /// Text held back at the end (an incomplete character is emitted as U+FFFD).
+    /// The text still held back once generation has ended.
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
-        let before = tokenizer.decode(&self.ids[self.prefix..self.read], true)?;
-        let now = tokenizer.decode(&self.ids[self.prefix..], true)?;
-        self.prefix = self.ids.len();
-        self.read = self.ids.len();
-        Ok(now.get(before.len()..).unwrap_or_default().to_string())
+        let text = tokenizer.decode(&self.ids, true)?;
+        let tail = text.strip_prefix(self.emitted.as_str()).unwrap_or_default().to_string();
+        self.emitted.push_str(&tail);
+        Ok(tail)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_tokenizer;
 pub mod hf;
 pub mod pytorch;
 pub mod safetensors;

@@ -232,6 +232,26 @@ impl Tokenizer {
         ))
     }
 
+    /// A tokenizer built in code (from GGUF metadata); `path` is what errors will name.
+    pub fn from_tokenizers(
+        inner: tokenizers::Tokenizer,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        path: &Path,
+    ) -> Self {
+        Tokenizer {
+            backend: Backend::Hf {
+                inner: Box::new(inner),
+                clean_up: false,
+            },
+            kind: TokenizerKind::HuggingFaceJson,
+            path: path.to_path_buf(),
+            bos_token,
+            eos_token,
+            chat_template: None,
+        }
+    }
+
     fn from_hf(
         inner: tokenizers::Tokenizer,
         configs: &Configs,

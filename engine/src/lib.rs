@@ -13,6 +13,7 @@ pub mod backend;
 pub mod chat;
 pub mod error;
 pub mod generate;
+pub mod image;
 pub mod load;
 pub mod metrics;
 pub mod model;

@@ -2,5 +2,6 @@
 
 mod bad_inputs;
 mod engine_thread;
+mod image;
 mod llama;
 mod tokenizer;

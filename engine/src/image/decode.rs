@@ -1,0 +1,294 @@
+//! Image files → [`RgbImage`], with the `image` crate's decoders behind limits.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use ::image::metadata::Orientation;
+use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
+
+use super::RgbImage;
+use crate::error::{Error, ImageErrorKind, Result};
+
+/// The formats we decode, by their content (the file name is not consulted).
+const SUPPORTED: [ImageFormat; 5] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::Gif,
+    ImageFormat::Bmp,
+    ImageFormat::WebP,
+];
+const SUPPORTED_NAMES: &str = "JPEG, PNG, GIF, BMP or WebP";
+
+/// Limits checked before any pixel is decoded, so a small file that claims a huge image (a
+/// decompression bomb) is refused instead of exhausting memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Cap on the decoder's output buffer (width × height × bytes per pixel of the stored
+    /// colour type) and on the file size.
+    pub max_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 16384 × 16384 pixels and 1 GiB: far above any camera photo, well below what would
+    /// hurt a phone.
+    fn default() -> Self {
+        DecodeLimits {
+            max_width: 16384,
+            max_height: 16384,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Reads and decodes an image file with the default [`DecodeLimits`].
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let limits = DecodeLimits::default();
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    if size > limits.max_bytes {
+        return Err(Error::image(
+            path,
+            ImageErrorKind::TooLarge,
+            format!(
+                "the file is {size} bytes, over the {} byte limit",
+                limits.max_bytes
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image_with_limits(&bytes, path, &limits)
+}
+
+/// Decodes an image held in memory with the default [`DecodeLimits`]. `source` names it in
+/// errors (it is not read).
+pub fn decode_image(bytes: &[u8], source: &Path) -> Result<RgbImage> {
+    decode_image_with_limits(bytes, source, &DecodeLimits::default())
+}
+
+/// Decodes an image held in memory: the format is recognised from the content; EXIF
+/// orientation is applied; the result is converted to RGB8 as described in the module docs.
+pub fn decode_image_with_limits(
+    bytes: &[u8],
+    source: &Path,
+    limits: &DecodeLimits,
+) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(Error::image(
+            source,
+            ImageErrorKind::Corrupt,
+            "the file is empty",
+        ));
+    }
+    // The decoders are third-party code fed untrusted bytes: a panic in one of them is
+    // turned into an error too, so no input can take the engine down.
+    catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, source, limits))).unwrap_or_else(|_| {
+        Err(Error::image(
+            source,
+            ImageErrorKind::Corrupt,
+            "the image decoder failed on this data",
+        ))
+    })
+}
+
+fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
+    let fail = |e: ImageError| convert_error(e, source);
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(source, e))?;
+    let format = match reader.format() {
+        Some(f) if SUPPORTED.contains(&f) => f,
+        Some(f) => {
+            return Err(Error::image(
+                source,
+                ImageErrorKind::Unsupported,
+                format!("{f:?} images are not supported (only {SUPPORTED_NAMES})"),
+            ));
+        }
+        None => {
+            return Err(Error::image(
+                source,
+                ImageErrorKind::Unsupported,
+                format!("the data is not a {SUPPORTED_NAMES} image"),
+            ));
+        }
+    };
+    let mut decoder = reader.into_decoder().map_err(fail)?;
+    check_size(&decoder, limits, source)?;
+    // A damaged EXIF block only loses the rotation, as in image viewers.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let decoded = DynamicImage::from_decoder(decoder).map_err(fail)?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(bytes, source)?;
+    }
+    let mut rgb = DynamicImage::ImageRgb8(to_rgb8(decoded));
+    rgb.apply_orientation(orientation);
+    let rgb = rgb.into_rgb8();
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    })
+}
+
+/// Refuses images whose header claims more than the limits allow, before decoding.
+fn check_size(decoder: &impl ImageDecoder, limits: &DecodeLimits, source: &Path) -> Result<()> {
+    let (width, height) = decoder.dimensions();
+    if width > limits.max_width || height > limits.max_height {
+        return Err(Error::image(
+            source,
+            ImageErrorKind::TooLarge,
+            format!(
+                "{width}×{height} pixels is over the {}×{} limit",
+                limits.max_width, limits.max_height
+            ),
+        ));
+    }
+    let bytes = decoder.total_bytes();
+    if bytes > limits.max_bytes {
+        return Err(Error::image(
+            source,
+            ImageErrorKind::TooLarge,
+            format!(
+                "{width}×{height} pixels of {:?} decode to {bytes} bytes, over the {} byte limit",
+                decoder.color_type(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    if width == 0 || height == 0 {
+        return Err(Error::image(
+            source,
+            ImageErrorKind::Corrupt,
+            format!("the image is {width}×{height} pixels"),
+        ));
+    }
+    Ok(())
+}
+
+/// The JPEG decoder is lenient: it fills in the missing part of a truncated file instead
+/// of failing. A complete JPEG ends with an EOI marker (FF D9), possibly followed by
+/// padding; we require one after the last start-of-scan (FF DA), so an EXIF thumbnail's EOI
+/// cannot stand in for the main image's.
+fn check_jpeg_complete(bytes: &[u8], source: &Path) -> Result<()> {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let eoi_after = last_sos.is_some_and(|sos| bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]));
+    if eoi_after {
+        Ok(())
+    } else {
+        Err(Error::image(
+            source,
+            ImageErrorKind::Corrupt,
+            "the JPEG data is truncated (no end-of-image marker after the last scan)",
+        ))
+    }
+}
+
+/// Maps the `image` crate's errors onto our kinds. A read past the end of the data (an
+/// I/O error from the in-memory reader) means truncated data.
+fn convert_error(e: ImageError, source: &Path) -> Error {
+    let kind = match &e {
+        ImageError::Limits(_) => ImageErrorKind::TooLarge,
+        ImageError::Unsupported(_) => ImageErrorKind::Unsupported,
+        ImageError::Decoding(_)
+        | ImageError::IoError(_)
+        | ImageError::Parameter(_)
+        | ImageError::Encoding(_) => ImageErrorKind::Corrupt,
+    };
+    Error::image(source, kind, e.to_string())
+}
+
+/// Converts any decoded layout to RGB8 (see the module docs): grey is replicated, alpha is
+/// dropped (no compositing), 16-bit samples are scaled with rounding (`round(v / 257)`),
+/// float samples are clamped to [0, 1] and scaled.
+fn to_rgb8(img: DynamicImage) -> ::image::RgbImage {
+    let (width, height) = (img.width(), img.height());
+    let data = match img {
+        DynamicImage::ImageRgb8(buf) => return buf,
+        DynamicImage::ImageLuma8(buf) => rgb_from(buf.as_raw(), 1, |v| v),
+        DynamicImage::ImageLumaA8(buf) => rgb_from(buf.as_raw(), 2, |v| v),
+        DynamicImage::ImageRgba8(buf) => rgb_from(buf.as_raw(), 4, |v| v),
+        DynamicImage::ImageLuma16(buf) => rgb_from(buf.as_raw(), 1, u16_to_u8),
+        DynamicImage::ImageLumaA16(buf) => rgb_from(buf.as_raw(), 2, u16_to_u8),
+        DynamicImage::ImageRgb16(buf) => rgb_from(buf.as_raw(), 3, u16_to_u8),
+        DynamicImage::ImageRgba16(buf) => rgb_from(buf.as_raw(), 4, u16_to_u8),
+        DynamicImage::ImageRgb32F(buf) => rgb_from(buf.as_raw(), 3, f32_to_u8),
+        DynamicImage::ImageRgba32F(buf) => rgb_from(buf.as_raw(), 4, f32_to_u8),
+        // A layout added to the crate later: its own conversion.
+        other => return other.to_rgb8(),
+    };
+    ::image::RgbImage::from_raw(width, height, data)
+        .unwrap_or_else(|| ::image::RgbImage::new(width, height))
+}
+
+/// RGB bytes from interleaved samples with `channels` per pixel: 1 = grey, 2 = grey +
+/// alpha, 3 = RGB, 4 = RGBA.
+fn rgb_from<T: Copy>(samples: &[T], channels: usize, to_u8: impl Fn(T) -> u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(samples.len() / channels * 3);
+    for px in samples.chunks_exact(channels) {
+        if channels < 3 {
+            let g = to_u8(px[0]);
+            out.extend_from_slice(&[g, g, g]);
+        } else {
+            out.extend_from_slice(&[to_u8(px[0]), to_u8(px[1]), to_u8(px[2])]);
+        }
+    }
+    out
+}
+
+/// round(v × 255 / 65535) = round(v / 257), exact in integers.
+fn u16_to_u8(v: u16) -> u8 {
+    ((u32::from(v) + 128) / 257) as u8
+}
+
+fn f32_to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sixteen_bit_scaling_rounds() {
+        assert_eq!(u16_to_u8(0), 0);
+        assert_eq!(u16_to_u8(128), 0);
+        assert_eq!(u16_to_u8(129), 1);
+        assert_eq!(u16_to_u8(257), 1);
+        assert_eq!(u16_to_u8(65535), 255);
+        for v in 0..=u16::MAX {
+            let exact = (f64::from(v) * 255.0 / 65535.0).round() as u8;
+            assert_eq!(u16_to_u8(v), exact, "{v}");
+        }
+    }
+
+    #[test]
+    fn layouts_convert_to_rgb() {
+        assert_eq!(rgb_from(&[7u8, 200], 2, |v| v), vec![7, 7, 7]);
+        assert_eq!(rgb_from(&[1u8, 2, 3, 0], 4, |v| v), vec![1, 2, 3]);
+        assert_eq!(rgb_from(&[9u8], 1, |v| v), vec![9, 9, 9]);
+    }
+
+    #[test]
+    fn truncated_jpeg_is_detected() {
+        let p = Path::new("x.jpg");
+        assert!(check_jpeg_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0xD9], p).is_ok());
+        // A thumbnail's EOI before the main scan does not count.
+        assert!(check_jpeg_complete(&[0xFF, 0xD8, 0xFF, 0xD9, 0xFF, 0xDA, 1, 2], p).is_err());
+        assert!(check_jpeg_complete(&[0xFF, 0xD8], p).is_err());
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        let p = Path::new("notes.png");
+        for bytes in [&b""[..], b"hello, world\n", b"\x89PNG\r\n\x1a\n\0\0"] {
+            match decode_image(bytes, p) {
+                Err(Error::Image { path, .. }) => assert_eq!(path, p),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -359,6 +359,17 @@ fn jpegs_decode_close_to_pil() {
     }
 }
 
+/// Phones append data after a JPEG's end (motion-photo videos, metadata): it is ignored,
+/// even when it looks like JPEG markers.
+#[test]
+fn data_after_the_jpeg_end_is_ignored() {
+    let path = image_path("photo_wide.jpg");
+    let bytes = std::fs::read(&path).unwrap();
+    let plain = decode_image(&bytes, &path).unwrap();
+    let trailer = [&bytes[..], b"\xFF\xDA\x00\x04video\xFF\xD8"].concat();
+    assert_eq!(decode_image(&trailer, &path).unwrap(), plain);
+}
+
 /// Deliberate: EXIF orientation is applied (PIL's plain open().convert("RGB") would not).
 #[test]
 fn exif_orientation_is_applied() {

@@ -170,20 +170,79 @@ fn check_size(decoder: &impl ImageDecoder, limits: &DecodeLimits, source: &Path)
 }
 
 /// The JPEG decoder is lenient: it fills in the missing part of a truncated file instead
-/// of failing. A complete JPEG ends with an EOI marker (FF D9), possibly followed by
-/// padding; we require one after the last start-of-scan (FF DA), so an EXIF thumbnail's EOI
-/// cannot stand in for the main image's.
+/// of failing (PIL raises "image file is truncated"). So we check that the main image's
+/// marker structure reaches its end-of-image marker.
 fn check_jpeg_complete(bytes: &[u8], source: &Path) -> Result<()> {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    let eoi_after = last_sos.is_some_and(|sos| bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]));
-    if eoi_after {
+    if jpeg_reaches_eoi(bytes) {
         Ok(())
     } else {
         Err(Error::image(
             source,
             ImageErrorKind::Corrupt,
-            "the JPEG data is truncated (no end-of-image marker after the last scan)",
+            "the JPEG data is truncated (it ends before the end-of-image marker)",
         ))
+    }
+}
+
+/// Walks a JPEG's segments from the start: marker segments are skipped by their length
+/// (so an EXIF thumbnail's markers inside APP1 are never seen), entropy-coded data after
+/// each start-of-scan up to the next real marker (`FF 00` is a stuffed byte, `FF D0..D7`
+/// restart markers). True when an end-of-image marker (`FF D9`) is reached; whatever
+/// follows it (phones append videos and metadata) is ignored.
+fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    loop {
+        // The next marker: stray bytes before it are skipped (libjpeg warns and resyncs),
+        // as are 0xFF fill bytes.
+        let Some(ff) = bytes[i..].iter().position(|&b| b == 0xFF) else {
+            return false;
+        };
+        i += ff;
+        while i < bytes.len() && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            // Standalone markers: SOI, TEM, RST0-7 (and a stray stuffed zero).
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(i..i + 2) else {
+            return false;
+        };
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len < 2 || i + len > bytes.len() {
+            return false;
+        }
+        i += len;
+        if marker == 0xDA {
+            match skip_entropy_coded_data(&bytes[i..]) {
+                Some(n) => i += n,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// The length of the entropy-coded data at the start of `data`: up to the first `FF`
+/// that starts a marker other than a stuffed byte or a restart marker. None if the data
+/// ends first.
+fn skip_entropy_coded_data(data: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        i += data[i..].iter().position(|&b| b == 0xFF)?;
+        let mut j = i + 1;
+        while data.get(j) == Some(&0xFF) {
+            j += 1;
+        }
+        match data.get(j)? {
+            0x00 | 0xD0..=0xD7 => i = j + 1,
+            _ => return Some(i),
+        }
     }
 }
 
@@ -273,12 +332,28 @@ mod tests {
     }
 
     #[test]
-    fn truncated_jpeg_is_detected() {
+    fn jpeg_structure_walk_finds_the_main_eoi() {
+        // SOI, APP1 holding a thumbnail's SOS and EOI, SOS, entropy data with a stuffed
+        // byte and a restart marker, EOI, then trailing data with marker-like bytes.
+        let app1 = [0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xDA, 0xFF, 0xD9];
+        let scan = [
+            0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56,
+        ];
+        let mut jpeg = vec![0xFF, 0xD8];
+        jpeg.extend_from_slice(&app1);
+        jpeg.extend_from_slice(&scan);
+        let complete = [&jpeg[..], &[0xFF, 0xD9]].concat();
+        assert!(jpeg_reaches_eoi(&complete));
+        assert!(jpeg_reaches_eoi(
+            &[&complete[..], &[0xFF, 0xDA, 0x01]].concat()
+        ));
+        // Cut anywhere before the final EOI: truncated, even though the APP1 holds one.
+        for cut in 0..complete.len() - 1 {
+            assert!(!jpeg_reaches_eoi(&complete[..cut]), "cut at {cut}");
+        }
         let p = Path::new("x.jpg");
-        assert!(check_jpeg_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0xD9], p).is_ok());
-        // A thumbnail's EOI before the main scan does not count.
-        assert!(check_jpeg_complete(&[0xFF, 0xD8, 0xFF, 0xD9, 0xFF, 0xDA, 1, 2], p).is_err());
-        assert!(check_jpeg_complete(&[0xFF, 0xD8], p).is_err());
+        assert!(check_jpeg_complete(&complete, p).is_ok());
+        assert!(check_jpeg_complete(&jpeg, p).is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use pocketvlm_engine::Error;
 use pocketvlm_engine::error::ImageErrorKind;
 use pocketvlm_engine::image::{
-    CropSize, ImageProcessor, PixelValues, ResizeMode, RgbImage, decode_image, expand_to_square,
-    load_image, resize_bicubic,
+    CropSize, DecodeLimits, ImageProcessor, PixelValues, ResizeMode, RgbImage, decode_image,
+    decode_image_with_limits, expand_to_square, load_image, resize_bicubic,
 };
 use pocketvlm_engine::load::safetensors::SafetensorsFile;
 use pocketvlm_tests::fixture;
@@ -478,6 +478,27 @@ fn bad_inputs_give_typed_errors() {
         source,
         ImageErrorKind::Corrupt,
     );
+    // Custom limits: the side limit and the decoded-size limit.
+    let photo = image_path("photo_wide.jpg");
+    let bytes = std::fs::read(&photo).unwrap();
+    let small_sides = DecodeLimits {
+        max_width: 159,
+        ..DecodeLimits::default()
+    };
+    let small_memory = DecodeLimits {
+        max_bytes: 160 * 120 * 3 - 1,
+        ..DecodeLimits::default()
+    };
+    for limits in [small_sides, small_memory] {
+        let result = decode_image_with_limits(&bytes, &photo, &limits);
+        assert_image_error(result, &photo, ImageErrorKind::TooLarge);
+    }
+    let exact = DecodeLimits {
+        max_width: 160,
+        max_height: 120,
+        max_bytes: 160 * 120 * 3,
+    };
+    assert!(decode_image_with_limits(&bytes, &photo, &exact).is_ok());
     // A missing file is an I/O error naming it.
     let missing = dir.path().join("missing.png");
     assert!(matches!(load_image(&missing), Err(Error::Io { path, .. }) if path == missing));

@@ -96,9 +96,10 @@ pub fn decode_image_with_limits(
 
 fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
     let fail = |e: ImageError| convert_error(e, source);
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(source, e))?;
+    reader.limits(crate_limits(limits));
     let format = match reader.format() {
         Some(f) if SUPPORTED.contains(&f) => f,
         Some(f) => {
@@ -132,6 +133,14 @@ fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<Rg
         height: rgb.height(),
         data: rgb.into_raw(),
     })
+}
+
+/// The `image` crate's own allocation cap (its default is 512 MiB), set to ours. The side
+/// limits are left to `check_size`, which runs before any pixel is decoded and says more.
+fn crate_limits(limits: &DecodeLimits) -> ::image::Limits {
+    let mut out = ::image::Limits::default();
+    out.max_alloc = Some(limits.max_bytes);
+    out
 }
 
 /// Refuses images whose header claims more than the limits allow, before decoding.

@@ -29,13 +29,19 @@
 //! - **deliberate**: 16-bit images are scaled to 8 bits with rounding (`round(v / 257)`).
 //!   PIL's `convert("RGB")` of a 16-bit grey image clips every value over 255 to white.
 //!
-//! ICC profiles are ignored (as by `convert("RGB")`). JPEG decoding is not bit-identical to
-//! libjpeg-turbo's (different IDCT and chroma upsampling): expect differences of a few
-//! levels on some pixels of a JPEG; lossless formats decode identically.
+//! ICC profiles are ignored (as by `convert("RGB")`). A palette image's transparent colour
+//! is kept as a colour: transformers 5's processors, handed the PIL image straight after
+//! `convert("RGB")`, would composite it onto white (transformers 4, which the reference
+//! repos run, and MobileVLM's `expand2square` both leave it as is). Lossless formats decode
+//! identically to PIL. JPEG decoding is not bit-identical to PIL's libjpeg-turbo (another
+//! IDCT, chroma upsampling and colour-conversion rounding): on the test JPEGs up to 5
+//! levels on some pixels (a quarter of the bytes of a 4:2:0 photo differ, mostly by 1-2);
+//! resizing to the model's input size averages most of it away.
 //!
 //! # Preprocessing
 //! [`resize_bicubic`] is bit-identical to `PIL.Image.resize(size, Image.BICUBIC)` on RGB
-//! uint8 (see `resize.rs` for the arithmetic). [`ImageProcessor`] chains the steps of
+//! uint8 with Pillow 13 (see `resize.rs` for the arithmetic, and for the pass order, which
+//! changed in Pillow 13 for resizes that shrink the height much more than the width). [`ImageProcessor`] chains the steps of
 //! transformers' `CLIPImageProcessor` / `SiglipImageProcessor` PIL backends, with the
 //! dtypes they use, so `pixel_values` match to the bit given the same decoded pixels.
 //! Presets: [`ImageProcessor::mobilevlm`] (pad with the CLIP-mean colour, shortest edge,

@@ -68,6 +68,15 @@ pub enum Error {
     #[error("{}: tokenizer: {reason}", path.display())]
     Tokenizer { path: PathBuf, reason: String },
 
+    /// An image could not be decoded: unreadable data, an unsupported format, or a size
+    /// over the decoder's limits. `kind` says which, `reason` the details.
+    #[error("{}: {kind}: {reason}", path.display())]
+    Image {
+        path: PathBuf,
+        kind: ImageErrorKind,
+        reason: String,
+    },
+
     #[error("chat template: {0}")]
     Template(String),
 
@@ -89,6 +98,27 @@ pub enum Error {
     EngineStopped(String),
 }
 
+/// Why an image was refused (see [`Error::Image`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageErrorKind {
+    /// Not an image format we decode (or not an image at all, e.g. text named `.png`).
+    Unsupported,
+    /// A known format whose data is damaged, truncated or empty.
+    Corrupt,
+    /// Dimensions or decoded size over the limits (see `image::DecodeLimits`).
+    TooLarge,
+}
+
+impl std::fmt::Display for ImageErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageErrorKind::Unsupported => "unsupported image",
+            ImageErrorKind::Corrupt => "corrupt image",
+            ImageErrorKind::TooLarge => "image too large",
+        })
+    }
+}
+
 impl Error {
     pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         Error::Io {
@@ -100,6 +130,14 @@ impl Error {
     pub(crate) fn bad_file(path: &Path, reason: impl Into<String>) -> Self {
         Error::BadModelFile {
             path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn image(path: &Path, kind: ImageErrorKind, reason: impl Into<String>) -> Self {
+        Error::Image {
+            path: path.to_path_buf(),
+            kind,
             reason: reason.into(),
         }
     }

@@ -232,13 +232,13 @@ impl Meta<'_> {
             .as_str()
             .ok_or_else(|| self.bad(key, "expected a string"))
     }
-    fn f32_triple(&self, key: &str, default: [f32; 3]) -> Result<[f32; 3]> {
+    fn f64_triple(&self, key: &str, default: [f64; 3]) -> Result<[f64; 3]> {
         match self.file.get(key).and_then(Value::as_array) {
             None => Ok(default),
             Some(a) if a.len() == 3 => {
                 let mut out = [0.0; 3];
                 for (o, v) in out.iter_mut().zip(a) {
-                    *o = v.as_f64().ok_or_else(|| self.bad(key, "not a number"))? as f32;
+                    *o = v.as_f64().ok_or_else(|| self.bad(key, "not a number"))?;
                 }
                 Ok(out)
             }
@@ -347,7 +347,7 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
         norm_eps: m.opt_f32("clip.vision.attention.layer_norm_epsilon")?.unwrap_or(1e-5),
         activation: if gelu { Activation::Gelu } else { Activation::QuickGelu },
     };
-    let mean = m.f32_triple("clip.vision.image_mean", super::spec::CLIP_MEAN)?;
+    let mean = m.f64_triple("clip.vision.image_mean", super::spec::CLIP_MEAN)?;
     Ok(VisionSpec {
         // The converter already dropped the layers after the selected one: run them all
         // (llama.cpp itself runs one fewer — a known bug).
@@ -365,7 +365,7 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
             // we follow the reference and centre the image).
             pad_fill: Some(mean.map(|v| (v * 255.0) as u8)),
             mean,
-            std: m.f32_triple("clip.vision.image_std", super::spec::CLIP_STD)?,
+            std: m.f64_triple("clip.vision.image_std", super::spec::CLIP_STD)?,
         },
         placeholder: ImagePlaceholder::Sentinel,
         tower,

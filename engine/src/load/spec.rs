@@ -20,8 +20,7 @@ use crate::model::spec::{
     VisionSpec,
 };
 
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+pub use crate::image::{CLIP_MEAN, CLIP_STD};
 
 /// Where MobileVLM and Imp keep the tower's `vision_model` module.
 const TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
@@ -179,7 +178,7 @@ fn clip_processor(tower_dir: Option<&Path>, image_size: usize) -> Result<Process
             ));
         }
     }
-    let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+    let triple = |key: &str, default: [f64; 3]| -> Result<[f64; 3]> {
         match p.get(key).and_then(Value::as_array) {
             None => Ok(default),
             Some(a) if a.len() == 3 => {
@@ -187,8 +186,7 @@ fn clip_processor(tower_dir: Option<&Path>, image_size: usize) -> Result<Process
                 for (o, v) in out.iter_mut().zip(a) {
                     *o = v
                         .as_f64()
-                        .ok_or_else(|| Error::bad_value(&path, key, "not a number"))?
-                        as f32;
+                        .ok_or_else(|| Error::bad_value(&path, key, "not a number"))?;
                 }
                 Ok(out)
             }
@@ -318,8 +316,8 @@ pub fn read_model_spec(dir: &Path) -> Result<ModelSpec> {
             size: tower.image_size,
             resize: Resize::Squash,
             pad_fill: None,
-            mean: [0.5; 3],
-            std: [0.5; 3],
+            mean: crate::image::SIGLIP_MEAN,
+            std: crate::image::SIGLIP_STD,
         },
     };
     match cfg.opt_str("image_aspect_ratio")? {

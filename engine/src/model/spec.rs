@@ -75,8 +75,9 @@ pub struct ProcessorSpec {
     pub resize: Resize,
     /// Pad to a centred square with this colour first (`image_aspect_ratio: "pad"`).
     pub pad_fill: Option<[u8; 3]>,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// Normalisation, in f64 as transformers keeps it (the exact decimal constants).
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
 }
 
 /// Where the vision tower's weights are.

@@ -8,3 +8,4 @@ mod pytorch_bin;
 mod spm;
 mod tokenizer;
 mod vlm;
+mod vlm_pipeline;

@@ -18,6 +18,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod quant;
+pub mod quantize;
 pub mod session;
 pub mod tensor;
 pub mod worker;

@@ -496,6 +496,10 @@ def mobilevlm(root, name, projector_type, images_dir, spm_dir):
         "sp_model_kwargs": {}})
     write_json(os.path.join(out, "special_tokens_map.json"), {
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"})
+    # llama.cpp's projector file for this model (v1: older converter, V2: newer).
+    write_mmproj(os.path.join(out, "mmproj-model-f16.gguf"), tower, proj, vcfg,
+                 "ldp" if projector_type == "ldpnet" else "ldpv2",
+                 newer_converter=projector_type != "ldpnet")
 
     tok = SlowLlamaTokenizer(os.path.join(out, "tokenizer.model"))
     proc = clip_processor(96)
@@ -628,6 +632,71 @@ def imp(root, name, lm_kind, images_dir, spm_dir, tok_dir):
     meta |= {"prompt": prompt, "greedy_min_margin": margin, "sequence_length": embeds.shape[0]}
     save_reference(os.path.join(out, "reference.safetensors"), ref, meta)
     print(f"{name}: {len(ids)} ids → {embeds.shape[0]} positions, margin {margin:.4f}")
+
+
+def llama_cpp_name(name):
+    """llama.cpp's `convert_image_encoder_to_gguf.py` renaming (get_tensor_name)."""
+    import re
+    if "mm_projector" in name:
+        name = name.replace("model.mm_projector", "mm")
+        name = re.sub(r"mm\.mlp\.mlp", "mm.model.mlp", name, count=1)
+        return re.sub(r"mm\.peg\.peg", "mm.model.peg", name, count=1)
+    for a, b in [("vision_model", "v"), ("encoder.layers", "blk"), ("embeddings.", ""),
+                 ("_proj", ""), ("self_attn.", "attn_"), ("layer_norm", "ln"), ("layernorm", "ln"),
+                 ("mlp.fc1", "ffn_down"), ("mlp.fc2", "ffn_up"), ("embedding", "embd"),
+                 ("final", "post"), ("layrnorm", "ln")]:
+        name = name.replace(a, b)
+    return name
+
+
+def write_mmproj(path, tower, projector, vcfg, projector_type, newer_converter):
+    """An mmproj GGUF as llama.cpp's converter writes one for MobileVLM (f16 matrices and
+    conv kernels, f32 vectors, squeezed shapes). The older converter dropped the tower's
+    last layer and wrote block_count = layers - 1; newer ones keep every layer and record
+    the feature layer instead."""
+    import gguf
+    w = gguf.GGUFWriter(path, "clip")
+    w.add_bool("clip.has_text_encoder", False)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_llava_projector", True)
+    w.add_file_type(1)
+    w.add_name("tiny-clip")
+    w.add_description("image encoder for LLaVA")
+    w.add_string("clip.projector_type", projector_type)
+    layers = vcfg.num_hidden_layers if newer_converter else vcfg.num_hidden_layers - 1
+    w.add_uint32("clip.vision.image_size", vcfg.image_size)
+    w.add_uint32("clip.vision.patch_size", vcfg.patch_size)
+    w.add_uint32("clip.vision.embedding_length", vcfg.hidden_size)
+    w.add_uint32("clip.vision.feed_forward_length", vcfg.intermediate_size)
+    w.add_uint32("clip.vision.projection_dim", vcfg.projection_dim)
+    w.add_uint32("clip.vision.attention.head_count", vcfg.num_attention_heads)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", vcfg.layer_norm_eps)
+    w.add_uint32("clip.vision.block_count", layers)
+    if newer_converter:
+        w.add_array("clip.vision.feature_layer", [vcfg.num_hidden_layers - 1])
+    w.add_array("clip.vision.image_mean", list(CLIP_MEAN))
+    w.add_array("clip.vision.image_std", list(CLIP_STD))
+    w.add_bool("clip.use_gelu", False)
+    for name, data in projector.state_dict().items():
+        data = data.squeeze().numpy()
+        data = data.astype(np.float16 if data.ndim in (2, 4) or name.endswith("peg.0.weight") else np.float32)
+        w.add_tensor(llama_cpp_name("model.mm_projector." + name), data)
+    for name, data in tower.state_dict().items():
+        name = "vision_model." + name
+        if name.endswith("post_layernorm.weight") or name.endswith("post_layernorm.bias"):
+            continue
+        if not newer_converter and f"encoder.layers.{vcfg.num_hidden_layers - 1}." in name:
+            continue
+        data = data.squeeze().numpy()
+        if data.ndim == 4 or (name.endswith(".weight") and data.ndim == 2):
+            data = data.astype(np.float16)
+        else:
+            data = data.astype(np.float32)
+        w.add_tensor(llama_cpp_name(name), data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def write(root, tok_dir):

@@ -4,6 +4,7 @@
 mod embed_image;
 mod info;
 mod logits;
+mod quantize;
 mod run;
 
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ enum Commands {
     Info(info::InfoArgs),
     /// Write an image's embeddings (projector output, or the vision tower's selected layer).
     EmbedImage(embed_image::EmbedImageArgs),
+    /// Quantise a checkpoint to a new directory, or to a llama.cpp GGUF file.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -62,7 +65,7 @@ pub struct ModelArgs {
     vision_quant: Option<DType>,
 }
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
     match DType::parse(s) {
         Some(DType::BF16) | None => Err(format!(
             "unknown format `{s}` (expected q4_0, q4_1, q8_0, f16 or f32)"
@@ -90,6 +93,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Commands::Logits(a)) => logits::run(a),
         Some(Commands::Info(a)) => info::run(a),
         Some(Commands::EmbedImage(a)) => embed_image::run(a),
+        Some(Commands::Quantize(a)) => quantize::run(a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -351,13 +351,34 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let blocks = m.usize("clip.vision.block_count")?;
+    // Layers to run for hidden_states[select]: newer converters record the feature layer
+    // and keep every layer; older ones dropped the layers after it, so all stored blocks
+    // run. A full 24-layer CLIP-L/336 without the key comes from a newer converter
+    // (MobileVLM converts from the original tower) and needs hidden_states[-2].
+    let feature_layer = file
+        .get("clip.vision.feature_layer")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().filter_map(Value::as_u64).max())
+        .map(|v| v as usize);
+    let image_size = m.usize("clip.vision.image_size")?;
+    let layers_to_run = match feature_layer {
+        Some(l) if l >= 1 && l <= blocks => l,
+        Some(l) => {
+            return Err(m.bad(
+                "clip.vision.feature_layer",
+                &format!("{l} is outside the {blocks} layers"),
+            ));
+        }
+        None if blocks == 24 && image_size == 336 => 23,
+        None => blocks,
+    };
     let tower = VisionConfig {
         kind: VisionKind::Clip,
         hidden_size: m.usize("clip.vision.embedding_length")?,
         intermediate_size: m.usize("clip.vision.feed_forward_length")?,
         num_layers: blocks,
         num_heads: m.usize("clip.vision.attention.head_count")?,
-        image_size: m.usize("clip.vision.image_size")?,
+        image_size,
         patch_size: m.usize("clip.vision.patch_size")?,
         norm_eps: m
             .opt_f32("clip.vision.attention.layer_norm_epsilon")?
@@ -370,9 +391,7 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
     };
     let mean = m.f64_triple("clip.vision.image_mean", super::spec::CLIP_MEAN)?;
     Ok(VisionSpec {
-        // The converter already dropped the layers after the selected one: run them all
-        // (llama.cpp itself runs one fewer — a known bug).
-        layers_to_run: blocks,
+        layers_to_run,
         drop_cls: true,
         projector,
         weights: TowerWeights {

@@ -52,8 +52,136 @@ fn float_dtype(dtype: &str) -> Option<DType> {
         "F32" => DType::F32,
         "F16" => DType::F16,
         "BF16" => DType::BF16,
+        // Block formats, as `apply_quant_metadata` renames them.
+        "Q4_0" => DType::Q4_0,
+        "Q4_1" => DType::Q4_1,
+        "Q8_0" => DType::Q8_0,
         _ => return None,
     })
+}
+
+/// The `__metadata__` key of PocketVLM's quantised safetensors: a JSON object mapping each
+/// quantised tensor to `{"dtype": "q4_0", "shape": [rows, cols]}`. The tensor itself is
+/// stored as `U8` with shape `[rows, bytes per row]`: the rows of ggml blocks, unchanged.
+pub const QUANT_METADATA_KEY: &str = "pocketvlm.quant";
+
+/// Turns the `U8` entries that the quantisation metadata describes into block-format
+/// entries with their logical shapes, checking that sizes agree.
+fn apply_quant_metadata(
+    path: &Path,
+    tensors: &mut BTreeMap<String, TensorEntry>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let Some(text) = metadata.get(QUANT_METADATA_KEY) else {
+        return Ok(());
+    };
+    let bad = |reason: String| Error::bad_file(path, reason);
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        bad(format!(
+            "`{QUANT_METADATA_KEY}` metadata is not valid JSON: {e}"
+        ))
+    })?;
+    let map = json
+        .as_object()
+        .ok_or_else(|| bad(format!("`{QUANT_METADATA_KEY}` metadata is not an object")))?;
+    for (name, info) in map {
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .and_then(DType::parse)
+            .filter(|d| d.is_quantized())
+            .ok_or_else(|| bad(format!("`{name}`: bad quantised dtype {info}")))?;
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .filter(|s| s.len() == 2)
+            .ok_or_else(|| bad(format!("`{name}`: bad quantised shape {info}")))?;
+        let entry = tensors.get_mut(name).ok_or_else(|| {
+            bad(format!(
+                "quantisation metadata names `{name}`, which the file lacks"
+            ))
+        })?;
+        let bytes = shape[0]
+            .checked_mul(shape[1])
+            .and_then(|n| dtype.bytes_for(n))
+            .ok_or_else(|| bad(format!("`{name}`: {shape:?} is not whole {dtype} blocks")))?;
+        if entry.dtype != "U8" || entry.end - entry.start != bytes {
+            return Err(bad(format!(
+                "`{name}`: {dtype} {shape:?} needs {bytes} bytes of U8, the file has {} of {}",
+                entry.end - entry.start,
+                entry.dtype
+            )));
+        }
+        entry.dtype = dtype.to_string().to_uppercase();
+        entry.shape = shape;
+    }
+    Ok(())
+}
+
+/// Writes tensors as a safetensors file (keys sorted, header padded to 8 bytes), via a
+/// temporary file renamed into place. Block-format tensors are written as described at
+/// [`QUANT_METADATA_KEY`].
+pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+    // f32 tensors first: the data has no padding between tensors, so this keeps every
+    // tensor aligned for its dtype and the file usable in place (memory-mapped).
+    let mut sorted: Vec<&(String, HostTensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| (b.1.dtype.align(), &a.0).cmp(&(a.1.dtype.align(), &b.0)));
+    let mut quant = serde_json::Map::new();
+    let mut header = serde_json::Map::new();
+    let mut entries = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, t) in &sorted {
+        let len = t.bytes().len();
+        let (dtype, shape) = match t.dtype {
+            DType::F32 => ("F32", t.shape.clone()),
+            DType::F16 => ("F16", t.shape.clone()),
+            DType::BF16 => ("BF16", t.shape.clone()),
+            q => {
+                let (rows, cols) = t.rows_cols();
+                quant.insert(
+                    name.clone(),
+                    serde_json::json!({"dtype": q.to_string(), "shape": [rows, cols]}),
+                );
+                ("U8", vec![rows, t.row_bytes()])
+            }
+        };
+        entries.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    if !quant.is_empty() {
+        meta.insert(
+            QUANT_METADATA_KEY.into(),
+            serde_json::Value::String(serde_json::Value::Object(quant).to_string()),
+        );
+    }
+    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    header.extend(entries);
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+
+    let tmp = path.with_extension("safetensors.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(File::create(&tmp)?);
+        f.write_all(&(json.len() as u64).to_le_bytes())?;
+        f.write_all(&json)?;
+        for (_, t) in &sorted {
+            f.write_all(t.bytes())?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| Error::io(path, e))
 }
 
 impl SafetensorsFile {
@@ -66,7 +194,8 @@ impl SafetensorsFile {
     }
 
     fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
-        let (tensors, metadata) = parse_header(path, &map)?;
+        let (mut tensors, metadata) = parse_header(path, &map)?;
+        apply_quant_metadata(path, &mut tensors, &metadata)?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             map,

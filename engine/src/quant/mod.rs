@@ -211,7 +211,11 @@ fn fit_symmetric(x: &[f32], inv: f32, lo: i32, hi: i32, l: &mut [i32]) -> (f32, 
         return (0.0, x.iter().map(|v| v * v).sum());
     }
     let d = sumlx / suml2;
-    let err: f32 = x.iter().zip(l.iter()).map(|(&v, &q)| (v - d * q as f32).powi(2)).sum();
+    let err: f32 = x
+        .iter()
+        .zip(l.iter())
+        .map(|(&v, &q)| (v - d * q as f32).powi(2))
+        .sum();
     (d, err)
 }
 
@@ -285,17 +289,23 @@ pub fn quantize_q4_1(x: &[f32], out: &mut [BlockQ4_1]) {
             }
         };
         let err = |d: f32, m: f32, l: &[i32; QK]| -> f32 {
-            xb.iter().zip(l).map(|(&v, &q)| (v - (q as f32 * d + m)).powi(2)).sum()
+            xb.iter()
+                .zip(l)
+                .map(|(&v, &q)| (v - (q as f32 * d + m)).powi(2))
+                .sum()
         };
         assign(d, m, &mut l);
         let mut best = (err(d, m, &l), d, m);
         for _ in 0..8 {
             // Least squares for v ≈ d·l + m over the block.
             let n = QK as f32;
-            let (sl, sl2, sv, slv) = l.iter().zip(xb).fold((0.0, 0.0, 0.0, 0.0), |acc, (&q, &v)| {
-                let q = q as f32;
-                (acc.0 + q, acc.1 + q * q, acc.2 + v, acc.3 + q * v)
-            });
+            let (sl, sl2, sv, slv) =
+                l.iter()
+                    .zip(xb)
+                    .fold((0.0, 0.0, 0.0, 0.0), |acc, (&q, &v)| {
+                        let q = q as f32;
+                        (acc.0 + q, acc.1 + q * q, acc.2 + v, acc.3 + q * v)
+                    });
             let det = n * sl2 - sl * sl;
             if det <= 0.0 {
                 break;
@@ -437,7 +447,11 @@ mod tests {
         let mse = |dtype: DType, bytes: &[u8]| {
             let mut out = vec![0.0; x.len()];
             crate::tensor::convert_to_f32(dtype, bytes, &mut out);
-            x.iter().zip(&out).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / x.len() as f32
+            x.iter()
+                .zip(&out)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                / x.len() as f32
         };
         for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             let ours = mse(dtype, &quantize(dtype, &x));

@@ -51,6 +51,7 @@
 //! MobileVLM's CLIP ViT-L/14-336, 384 (or 196) for Imp's SigLIP.
 
 mod decode;
+mod jpeg;
 mod process;
 mod resize;
 

@@ -82,7 +82,7 @@ pub(super) fn upsample_row(
     // one) of the vertical triangle filter, clamped to the image.
     let pair = || {
         let near = y / 2;
-        let far = if y % 2 == 0 {
+        let far = if y.is_multiple_of(2) {
             near.saturating_sub(1)
         } else {
             (near + 1).min(last)
@@ -106,7 +106,7 @@ pub(super) fn upsample_row(
         }
         Upsample::H1V2 => {
             let (near, far) = pair();
-            let bias = if y % 2 == 0 { 1 } else { 2 };
+            let bias = if y.is_multiple_of(2) { 1 } else { 2 };
             for ((o, &n), &f) in out[..width].iter_mut().zip(near).zip(far) {
                 *o = ((u32::from(n) * 3 + u32::from(f) + bias) >> 2) as u8;
             }

@@ -18,6 +18,9 @@ pub(super) struct HuffTable {
     /// Index of a length's first symbol minus its first code.
     pub(super) valoffset: [i32; 17],
     pub(super) symbols: [u8; 256],
+    /// For AC tables, each `LOOKAHEAD`-bit prefix that holds a whole nonzero
+    /// coefficient (code and value bits): `value << 8 | run << 4 | total bits`; else 0.
+    pub(super) fast_ac: [i32; 1 << Self::LOOKAHEAD],
 }
 
 impl HuffTable {
@@ -56,6 +59,7 @@ impl HuffTable {
             maxcode: [-1; 17],
             valoffset: [0; 17],
             symbols: [0; 256],
+            fast_ac: [0; 1 << Self::LOOKAHEAD],
         });
         table.symbols[..sizes.len()].copy_from_slice(&spec.symbols[..sizes.len()]);
         let mut p = 0usize;
@@ -79,7 +83,31 @@ impl HuffTable {
         if is_dc && table.symbols[..sizes.len()].iter().any(|&s| s > 15) {
             return Err(bad());
         }
+        if !is_dc {
+            for look in 0..1u32 << Self::LOOKAHEAD {
+                let entry = table.lookup[look as usize];
+                let (len, symbol) = (u32::from(entry >> 8), u32::from(entry & 0xFF));
+                let (run, size) = (symbol >> 4, symbol & 15);
+                if entry == 0 || size == 0 || len + size > Self::LOOKAHEAD {
+                    continue;
+                }
+                let bits = (look >> (Self::LOOKAHEAD - len - size)) & ((1 << size) - 1);
+                let value = extend(bits as i32, size);
+                table.fast_ac[look as usize] =
+                    (value << 8) | (run << 4) as i32 | (len + size) as i32;
+            }
+        }
         Ok(table)
+    }
+}
+
+/// JPEG's EXTEND: `size` bits as a signed coefficient.
+#[inline(always)]
+pub(super) fn extend(v: i32, size: u32) -> i32 {
+    if v < (1 << (size - 1)) {
+        v + (-1 << size) + 1
+    } else {
+        v
     }
 }
 
@@ -120,6 +148,15 @@ pub(super) fn decode_block_sequential(
     block[0] = *pred as i16;
     let mut k = 1;
     while k < 64 {
+        input.ensure(32);
+        let fast = ac.fast_ac[input.peek(HuffTable::LOOKAHEAD) as usize];
+        if fast != 0 {
+            input.consume((fast & 15) as u32);
+            k += ((fast >> 4) & 15) as usize;
+            block[NATURAL_ORDER[k]] = (fast >> 8) as i16;
+            k += 1;
+            continue;
+        }
         let rs = input.decode(ac);
         let r = usize::from(rs >> 4);
         let s = u32::from(rs & 15);
@@ -208,12 +245,6 @@ pub(super) fn decode_ac_refine(
     let m1 = (-1i32 << al) as i16;
     let se = usize::from(se);
     let mut k = usize::from(ss);
-    // A correction bit for an already nonzero coefficient: 1 means its magnitude grows.
-    let refine = |input: &mut Input, coef: &mut i16| {
-        if input.bit() && (*coef & p1) == 0 {
-            *coef = coef.wrapping_add(if *coef >= 0 { p1 } else { m1 });
-        }
-    };
     if *eobrun == 0 {
         while k <= se {
             let rs = input.decode(ac);
@@ -234,13 +265,11 @@ pub(super) fn decode_ac_refine(
             // at the zero coefficient that becomes `value`.
             loop {
                 let coef = &mut block[NATURAL_ORDER[k]];
-                if *coef != 0 {
-                    refine(input, coef);
-                } else {
-                    r -= 1;
-                    if r < 0 {
-                        break;
-                    }
+                let zero = *coef == 0;
+                correct(input, coef, p1);
+                r -= i32::from(zero);
+                if r < 0 {
+                    break;
                 }
                 k += 1;
                 if k > se {
@@ -255,15 +284,24 @@ pub(super) fn decode_ac_refine(
     }
     if *eobrun > 0 {
         // In an end-of-band run: only correction bits for the nonzero coefficients.
-        while k <= se {
-            let coef = &mut block[NATURAL_ORDER[k]];
-            if *coef != 0 {
-                refine(input, coef);
-            }
-            k += 1;
+        for &pos in NATURAL_ORDER.get(k..=se).unwrap_or(&[]) {
+            correct(input, &mut block[pos], p1);
         }
         *eobrun -= 1;
     }
+}
+
+/// A correction bit for a coefficient if it is nonzero (none is read for a zero one): 1
+/// means its magnitude grows by `p1`, unless that bit is already set. Branch-free: which
+/// coefficients are nonzero is as unpredictable as the bits.
+#[inline(always)]
+fn correct(input: &mut Input, coef: &mut i16, p1: i16) {
+    let nonzero = u32::from(*coef != 0);
+    let bit = input.peek_bit() & nonzero;
+    input.skip_bits(nonzero);
+    let grow = bit != 0 && (*coef & p1) == 0;
+    let step = if *coef >= 0 { p1 } else { p1.wrapping_neg() };
+    *coef = coef.wrapping_add(step * i16::from(grow));
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub(super) struct Input<'a> {
     pad: u32,
     /// Set once padding has been consumed (sticky until the bit buffer is reset).
     overrun: bool,
+    /// The entropy-coded data ran into the end of the file: no end-of-image marker can
+    /// follow, so the file is truncated whatever else happens.
+    pub(super) exhausted: bool,
 }
 
 impl<'a> Input<'a> {
@@ -42,6 +45,7 @@ impl<'a> Input<'a> {
             nbits: 0,
             pad: 0,
             overrun: false,
+            exhausted: false,
         }
     }
 
@@ -124,30 +128,20 @@ impl<'a> Input<'a> {
             // Out of sequence: libjpeg's resynchronisation. Other markers (the end of the
             // scan) are left unread, so the rest of the scan reads as an empty segment;
             // a restart marker one or two ahead too; an earlier one is skipped.
-            loop {
-                let Some(marker) = self.unread_marker else {
-                    break;
-                };
+            while let Some(marker) = self.unread_marker {
                 let m = i32::from(marker);
                 let rst = |d: i32| i32::from(RST0) + (d & 7);
-                let action = if marker < SOF0 {
-                    2
-                } else if !(RST0..=RST7).contains(&marker) {
-                    3
-                } else if m == rst(desired + 1) || m == rst(desired + 2) {
-                    3
-                } else if m == rst(desired - 1) || m == rst(desired - 2) {
-                    2
+                let is_restart = (RST0..=RST7).contains(&marker);
+                if marker < SOF0 || (is_restart && (m == rst(desired - 1) || m == rst(desired - 2)))
+                {
+                    // Not a marker, or an earlier restart: scan on and decide again.
+                    self.unread_marker = Some(self.next_marker()?);
+                } else if !is_restart || m == rst(desired + 1) || m == rst(desired + 2) {
+                    // Another marker, or one of the next two restarts: leave it unread.
+                    break;
                 } else {
-                    1
-                };
-                match action {
-                    1 => {
-                        self.unread_marker = None;
-                        break;
-                    }
-                    2 => self.unread_marker = Some(self.next_marker()?),
-                    _ => break,
+                    // The expected restart, or one too far off to judge: take it.
+                    self.unread_marker = None;
                 }
             }
         }
@@ -176,6 +170,27 @@ impl<'a> Input<'a> {
     /// the data) zeros are loaded, as libjpeg does.
     #[cold]
     fn refill(&mut self) {
+        // Common case: the next 8 bytes hold no 0xFF, so the whole bytes that fit go in
+        // at once.
+        if self.unread_marker.is_none()
+            && let Some(chunk) = self.data.get(self.pos..self.pos + 8)
+        {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let x = u64::from_be_bytes(word);
+            let inverted = !x;
+            let has_ff =
+                inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080
+                    != 0;
+            if !has_ff {
+                let bytes = (64 - self.nbits) / 8;
+                let taken = x >> (64 - 8 * bytes);
+                self.buf |= taken << (64 - self.nbits - 8 * bytes);
+                self.nbits += 8 * bytes;
+                self.pos += bytes as usize;
+                return;
+            }
+        }
         while self.nbits <= 56 {
             let byte = self.next_data_byte();
             self.buf |= u64::from(byte) << (56 - self.nbits);
@@ -184,28 +199,30 @@ impl<'a> Input<'a> {
     }
 
     fn next_data_byte(&mut self) -> u8 {
-        if self.unread_marker.is_none() {
-            if let Some(&b) = self.data.get(self.pos) {
+        if self.unread_marker.is_none()
+            && let Some(&b) = self.data.get(self.pos)
+        {
+            self.pos += 1;
+            if b != 0xFF {
+                return b;
+            }
+            // FF 00 is a data byte 0xFF; FF FF .. 00 too (libjpeg is lenient); any other
+            // byte after the fill ends the segment.
+            while let Some(&c) = self.data.get(self.pos) {
                 self.pos += 1;
-                if b != 0xFF {
-                    return b;
+                if c == 0 {
+                    return 0xFF;
                 }
-                // FF 00 is a data byte 0xFF; FF FF .. 00 too (libjpeg is lenient); any
-                // other byte after the fill ends the segment.
-                while let Some(&c) = self.data.get(self.pos) {
-                    self.pos += 1;
-                    if c == 0 {
-                        return 0xFF;
-                    }
-                    if c != 0xFF {
-                        self.unread_marker = Some(c);
-                        return self.padding();
-                    }
+                if c != 0xFF {
+                    self.unread_marker = Some(c);
+                    return self.padding();
                 }
             }
         }
-        // No more data in this segment (or in the file: then the walk to the end-of-image
-        // marker fails later, and the image is refused as truncated).
+        // No more data in this segment, or in the file.
+        if self.unread_marker.is_none() {
+            self.exhausted = true;
+        }
         self.padding()
     }
 
@@ -229,12 +246,12 @@ impl<'a> Input<'a> {
 
     /// The next `n` (1..=16) bits, without checking that they are buffered.
     #[inline(always)]
-    fn peek(&self, n: u32) -> u32 {
+    pub(super) fn peek(&self, n: u32) -> u32 {
         (self.buf >> (64 - n)) as u32
     }
 
     #[inline(always)]
-    fn consume(&mut self, n: u32) {
+    pub(super) fn consume(&mut self, n: u32) {
         self.buf <<= n;
         self.nbits -= n;
     }
@@ -248,6 +265,19 @@ impl<'a> Input<'a> {
         v
     }
 
+    /// The next bit (made available), not consumed.
+    #[inline(always)]
+    pub(super) fn peek_bit(&mut self) -> u32 {
+        self.ensure(1);
+        self.peek(1)
+    }
+
+    /// Consumes `n` (0 or 1) bits made available by `peek_bit`.
+    #[inline(always)]
+    pub(super) fn skip_bits(&mut self, n: u32) {
+        self.consume(n);
+    }
+
     #[inline(always)]
     pub(super) fn bit(&mut self) -> bool {
         self.bits(1) != 0
@@ -256,12 +286,7 @@ impl<'a> Input<'a> {
     /// The next `s` (1..=15) bits as a signed coefficient (JPEG's EXTEND).
     #[inline(always)]
     pub(super) fn receive_extend(&mut self, s: u32) -> i32 {
-        let v = self.bits(s) as i32;
-        if v < (1 << (s - 1)) {
-            v + (-1 << s) + 1
-        } else {
-            v
-        }
+        super::huffman::extend(self.bits(s) as i32, s)
     }
 
     /// Decodes one Huffman symbol. A bit pattern that is no code (garbage data) reads as

@@ -771,11 +771,11 @@ impl<'a> Header<'a> {
 
     /// Per component, the quantisation table as the IDCT multiplies by it (libjpeg's
     /// `ISLOW_MULT_TYPE` is 16-bit); zeros for a component no scan ever named.
-    fn idct_tables(&self) -> Vec<[i32; 64]> {
+    fn idct_tables(&self) -> Vec<[i16; 64]> {
         self.frame
             .components
             .iter()
-            .map(|c| c.quant.map_or([0; 64], |q| q.map(|v| i32::from(v as i16))))
+            .map(|c| c.quant.map_or([0; 64], |q| q.map(|v| v as i16)))
             .collect()
     }
 
@@ -1019,6 +1019,11 @@ fn decode_mcu_rows(
                 state.entropy.insufficient = true;
             }
         }
+        // PIL stops at the end of the data ("image file is truncated"); so do we, rather
+        // than decode the rest of an image that will be refused.
+        if input.exhausted {
+            return Err(truncated());
+        }
     }
     Ok(())
 }
@@ -1099,7 +1104,7 @@ impl Output {
     }
 
     /// Transforms block (`by`, `bx`) of component `ci` into its plane.
-    fn idct_block(&mut self, ci: usize, by: usize, bx: usize, block: &Block, quant: &[i32; 64]) {
+    fn idct_block(&mut self, ci: usize, by: usize, bx: usize, block: &Block, quant: &[i16; 64]) {
         let plane = &mut self.planes[ci];
         let start = ((by * 8) % plane.ring_rows) * plane.stride + bx * 8;
         idct::idct_islow(block, quant, &mut plane.data[start..], plane.stride);

@@ -1,22 +1,29 @@
 //! A JPEG decoder whose output is bit-identical to PIL's `Image.open(f).convert("RGB")`,
-//! i.e. to libjpeg-turbo with PIL's settings: accurate integer IDCT (`JDCT_ISLOW`),
-//! fancy (triangle-filter) chroma upsampling, libjpeg's YCbCr → RGB tables, block
-//! smoothing for incompletely refined progressive files, and for CMYK PIL's inverted
-//! reading ("CMYK;I") and its own CMYK → RGB formula.
+//! i.e. to libjpeg-turbo with PIL's settings: accurate integer IDCT (`JDCT_ISLOW`, in the
+//! arithmetic of libjpeg-turbo's x86 SIMD code, which PIL runs; see `idct.rs`), fancy
+//! (triangle-filter) chroma upsampling, libjpeg's YCbCr → RGB tables, block smoothing of
+//! incompletely refined progressive files, and for CMYK PIL's inverted reading ("CMYK;I")
+//! and its own CMYK → RGB formula. PIL never gets libjpeg's merged upsampling (jdmerge.c,
+//! other rounding): libjpeg only merges when fancy upsampling is off.
 //!
 //! Supported: baseline and extended sequential (SOF0/SOF1) and progressive (SOF2)
 //! Huffman-coded 8-bit JPEGs with 1 (grey), 3 (YCbCr, or RGB by Adobe transform 0 or
 //! component ids "RGB") or 4 (CMYK, or YCCK by Adobe transform 2) components, any
 //! sampling factors libjpeg accepts (integral ratios), restart intervals, and multi-scan
-//! sequential files. Arithmetic coding, 12-bit, lossless and hierarchical JPEGs are
-//! refused as `Unsupported`.
+//! sequential files. Arithmetic-coded, 12-bit, lossless and hierarchical JPEGs, 2
+//! components and fractional sampling ratios are refused as `Unsupported` (of these, PIL
+//! decodes arithmetic-coded and 8-bit lossless files, and refuses the others too).
 //!
-//! Errors follow what PIL does with the same bytes: where libjpeg fails, or where its
-//! input ends before the end-of-image marker (PIL: "image file is truncated"), we fail
-//! with `Corrupt`; where libjpeg only warns (damaged entropy-coded data, restart markers
-//! out of sequence), we decode what libjpeg decodes. Every dimension is checked against
-//! the caller's limits (`Header::width`, `height`, `decoded_bytes`) before any image-sized
-//! buffer is allocated.
+//! Errors follow what PIL does with the same bytes: where libjpeg fails, or where the data
+//! ends before the end-of-image marker (PIL: "image file is truncated"), we fail with
+//! `Corrupt`; where libjpeg only warns (damaged entropy-coded data, restart markers out of
+//! sequence, garbage between markers), we decode what libjpeg decodes. One deliberate
+//! difference: a single-scan file whose scan is complete but whose data after the scan
+//! never reaches the end-of-image marker (say, damage turned a few bytes into a marker
+//! whose length runs past the end) is refused, like a truncated file; PIL returns its
+//! pixels, because libjpeg reads those markers only after the last scanline. Every
+//! dimension is checked against the caller's limits (`Header::width`, `height`,
+//! `decoded_bytes`) before any image-sized buffer is allocated.
 //!
 //! The decoding order mirrors libjpeg: a single-scan file is decoded one MCU row at a
 //! time straight to pixels; a progressive or multi-scan file into a coefficient buffer,

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use pocketvlm_engine::load::tokenizer::Tokenizer;
+use pocketvlm_engine::load::tokenizer::{Tokenizer, TokenizerPreference};
 use pocketvlm_tests::{Reference, fixture, max_abs_diff};
 
 fn pocketvlm(args: &[&str]) -> Output {
@@ -146,4 +146,101 @@ fn bad_input_exits_non_zero_with_one_line() {
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn vision_commands_follow_the_contract() {
+    let dir = fixture("mobilevlm_v2");
+    let reference = Reference::open(&dir);
+    let image = fixture("images").join("shapes_square.png");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = dir.to_str().unwrap();
+    let img = image.to_str().unwrap();
+
+    // info names the family and the tower.
+    let out = pocketvlm(&["info", "--model", model]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("family:        mobilevlm-v2") && s.contains("144 image tokens"),
+        "{s}"
+    );
+
+    // embed-image: the projector output, and the vision tower's selected layer.
+    for (stage, key) in [
+        ("projector", "image_features.0"),
+        ("vision", "vision_features.0"),
+    ] {
+        let path = tmp.path().join(format!("{stage}.bin"));
+        let out = pocketvlm(&[
+            "embed-image",
+            "--model",
+            model,
+            "--image",
+            img,
+            "--stage",
+            stage,
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (_, expected) = reference.f32(key);
+        let (d, s) = max_abs_diff(&read_f32(&path), &expected);
+        assert!(d <= 1e-4 * s, "{stage}: {d}");
+    }
+
+    // logits with the -200 sentinel in explicit ids and the image spliced in.
+    let ids: Vec<String> = reference
+        .i64("input_ids")
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    let path = tmp.path().join("logits.bin");
+    let out = pocketvlm(&[
+        "logits",
+        "--model",
+        model,
+        "--image",
+        img,
+        "--ids",
+        &ids.join(","),
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logits = read_f32(&path);
+    let (shape, tail) = reference.f32("logits_tail");
+    let (d, s) = max_abs_diff(&logits[logits.len() - shape[0] * shape[1]..], &tail);
+    assert!(d <= 1e-4 * s, "logits {d}");
+
+    // run --image streams the greedy answer.
+    let expected = reference.ids("generated_ids");
+    let tokenizer = Tokenizer::from_dir_with(&dir, TokenizerPreference::SentencePiece).unwrap();
+    let out = pocketvlm(&[
+        "run",
+        "--model",
+        model,
+        "--image",
+        img,
+        "--prompt",
+        "What is shown in this image?",
+        "--max-tokens",
+        &expected.len().to_string(),
+        "--temp",
+        "0",
+        "--ignore-eos",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim_end(),
+        tokenizer.decode(&expected, true).unwrap().trim_end()
+    );
 }

@@ -12,19 +12,19 @@ use crate::backend::cpu::CpuBackend;
 use crate::chat::{Message, templates};
 use crate::error::{Error, Result};
 use crate::generate::{self, Generation, SamplingParams, TextStream};
-use crate::load::hf::{ConfigReader, read_json};
-use crate::load::safetensors::Checkpoint;
 use crate::load::gguf::GgufFile;
 use crate::load::gguf_model::{self, GgufSource, Sources};
 use crate::load::gguf_tokenizer;
+use crate::load::hf::{ConfigReader, read_json};
+use crate::load::safetensors::Checkpoint;
 use crate::load::source::TensorSource;
 use crate::load::spec::read_model_spec;
 use crate::load::tokenizer::{Tokenizer, TokenizerPreference};
 use crate::metrics::ms_since;
 use crate::model::spec::{Family, ImagePlaceholder, ModelSpec, PromptTemplate};
 use crate::model::vlm::{QuantPolicy, Vlm};
-use crate::tensor::DType;
 use crate::model::{ImageId, Logits, Model, Segment};
+use crate::tensor::DType;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,13 +223,20 @@ impl Session {
         let mut dtypes = BTreeMap::new();
         for f in std::iter::once(&file).chain(mmproj.as_ref()) {
             for t in f.tensors.values() {
-                *dtypes.entry(format!("{:?}", t.ty).to_lowercase()).or_insert(0) += 1;
+                *dtypes
+                    .entry(format!("{:?}", t.ty).to_lowercase())
+                    .or_insert(0) += 1;
             }
         }
-        let mut sources: Vec<Box<dyn TensorSource>> =
-            vec![Box::new(GgufSource::new(file, gguf_model::hf_name_of_llm_tensor))];
+        let mut sources: Vec<Box<dyn TensorSource>> = vec![Box::new(GgufSource::new(
+            file,
+            gguf_model::hf_name_of_llm_tensor,
+        ))];
         if let Some(m) = mmproj {
-            sources.push(Box::new(GgufSource::new(m, gguf_model::hf_name_of_mmproj_tensor)));
+            sources.push(Box::new(GgufSource::new(
+                m,
+                gguf_model::hf_name_of_mmproj_tensor,
+            )));
         }
         let loaded = Loaded {
             path,
@@ -242,7 +249,12 @@ impl Session {
     }
 
     /// Builds the model on the chosen backend and the session around it.
-    fn finish_load(loaded: Loaded, src: &dyn TensorSource, opts: &LoadOptions, start: Instant) -> Result<Self> {
+    fn finish_load(
+        loaded: Loaded,
+        src: &dyn TensorSource,
+        opts: &LoadOptions,
+        start: Instant,
+    ) -> Result<Self> {
         let Loaded {
             path,
             spec,

@@ -75,7 +75,6 @@ impl DType {
             _ => return None,
         })
     }
-
 }
 
 impl fmt::Display for DType {

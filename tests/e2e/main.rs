@@ -5,6 +5,8 @@ mod engine_thread;
 mod image;
 mod llama;
 mod pytorch_bin;
+mod quant;
+mod smollm2;
 mod spm;
 mod tokenizer;
 mod vlm;

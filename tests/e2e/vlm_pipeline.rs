@@ -6,7 +6,13 @@ use pocketvlm_engine::model::spec::ImagePlaceholder;
 use pocketvlm_engine::{LoadOptions, Message, PromptPart, SamplingParams, Session};
 use pocketvlm_tests::{Reference, fixture};
 
-const FAMILIES: [&str; 5] = ["mobilevlm_v1", "mobilevlm_v2", "imp_v1", "imp_qwen", "imp_phi3"];
+const FAMILIES: [&str; 5] = [
+    "mobilevlm_v1",
+    "mobilevlm_v2",
+    "imp_v1",
+    "imp_qwen",
+    "imp_phi3",
+];
 const IMAGES: [&str; 2] = ["shapes_square.png", "photo_wide.jpg"];
 const QUESTION: &str = "What is shown in this image?";
 
@@ -45,7 +51,7 @@ fn preprocessing_matches_the_reference_processor() {
         let reference = Reference::open(&fixture(name));
         let session = load(name);
         let std = session.spec().vision.as_ref().unwrap().processor.std;
-        for i in 0..2 {
+        for (i, name_i) in IMAGES.iter().enumerate() {
             let got = session.image_pixels(&image(i)).unwrap();
             let (_, expected) = reference.f32(&format!("pixel_values.{i}"));
             assert_eq!(got.len(), expected.len(), "{name} image {i}");
@@ -57,10 +63,19 @@ fn preprocessing_matches_the_reference_processor() {
                 .enumerate()
                 .map(|(j, (a, b))| (a - b).abs() * std[j / plane] as f32)
                 .fold(0.0f32, f32::max);
-            eprintln!("{name} {}: max pixel difference {:.2}/255", IMAGES[i], worst * 255.0);
-            // PNG and JPEG decode exactly as PIL, preprocessing follows the processor to the
-            // bit: only float rounding in the comparison remains.
-            assert!(worst <= 1e-6, "{name} {}: {}/255", IMAGES[i], worst * 255.0);
+            eprintln!(
+                "{name} {}: max pixel difference {:.2}/255",
+                name_i,
+                worst * 255.0
+            );
+            // PNG and JPEG decode exactly as PIL, and preprocessing follows the processor to
+            // the bit: only float rounding in the comparison remains.
+            assert!(
+                worst <= 1e-6,
+                "{name} {}: {}/255",
+                name_i,
+                worst * 255.0
+            );
         }
     }
 }
@@ -89,7 +104,11 @@ fn prompts_match_the_reference_tokenisation() {
         ];
         let prompt = session.prompt(&messages, false).unwrap();
         assert_eq!(prompt.images, vec![image(0), image(1)]);
-        assert_eq!(flatten(&prompt.parts, -200), reference.i64("multi.input_ids"), "{name}");
+        assert_eq!(
+            flatten(&prompt.parts, -200),
+            reference.i64("multi.input_ids"),
+            "{name}"
+        );
     }
 }
 
@@ -117,7 +136,11 @@ fn greedy_answers_from_image_files_match() {
             .unwrap();
         assert_eq!(generation.tokens, expected, "{name}");
         assert_eq!(ids, expected, "{name}");
-        assert_eq!(text, session.tokenizer().decode(&expected, true).unwrap(), "{name}");
+        assert_eq!(
+            text,
+            session.tokenizer().decode(&expected, true).unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -127,7 +150,14 @@ fn images_are_refused_by_text_models_and_counted() {
     let mut m = Message::user(QUESTION);
     m.images = vec![image(0), image(1)];
     let prompt = session.prompt(&[m], false).unwrap();
-    assert_eq!(prompt.parts.iter().filter(|p| matches!(p, PromptPart::Image(_))).count(), 2);
+    assert_eq!(
+        prompt
+            .parts
+            .iter()
+            .filter(|p| matches!(p, PromptPart::Image(_)))
+            .count(),
+        2
+    );
 
     let text = Session::load(&fixture("llama_gqa"), &LoadOptions::default()).unwrap();
     let err = text
@@ -142,11 +172,24 @@ fn a_broken_image_is_a_clear_error_and_the_session_survives() {
     let bad = dir.path().join("notes.png");
     std::fs::write(&bad, "not an image").unwrap();
     let mut session = load("mobilevlm_v2");
-    let prompt = session.prompt(&[Message::user(QUESTION).with_image(&bad)], false).unwrap();
-    let params = SamplingParams { max_tokens: 2, ..Default::default() };
-    let err = session.chat(&prompt, &params, &|| false, &mut |_, _| {}).unwrap_err();
+    let prompt = session
+        .prompt(&[Message::user(QUESTION).with_image(&bad)], false)
+        .unwrap();
+    let params = SamplingParams {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    let err = session
+        .chat(&prompt, &params, &|| false, &mut |_, _| {})
+        .unwrap_err();
     assert!(err.to_string().contains("notes.png"), "{err}");
     // The model still answers with a good image afterwards.
-    let prompt = session.prompt(&[Message::user(QUESTION).with_image(image(0))], false).unwrap();
-    assert!(session.chat(&prompt, &params, &|| false, &mut |_, _| {}).is_ok());
+    let prompt = session
+        .prompt(&[Message::user(QUESTION).with_image(image(0))], false)
+        .unwrap();
+    assert!(
+        session
+            .chat(&prompt, &params, &|| false, &mut |_, _| {})
+            .is_ok()
+    );
 }

@@ -16,11 +16,15 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
+# Prompts whose answers run past 32 tokens: forcing generation through an end-of-turn
+# token would measure agreement on text the model never meant to write.
 PROMPTS = [
-    "What is the capital of France?",
+    "Explain briefly how a rainbow forms.",
+    "Describe the city of Paris in a few sentences.",
     "Write a haiku about the sea.",
-    "List three primary colors.",
 ]
+# The classic check, generated until the model ends its turn.
+CAPITAL = "What is the capital of France?"
 TEXTS = [
     "Hello, world!",
     "The quick brown fox jumps over the lazy dog.",
@@ -66,8 +70,11 @@ def write(root, gguf_path):
                                        add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=GREEDY, min_new_tokens=GREEDY, do_sample=False,
-                                 eos_token_id=None, pad_token_id=2)[0, ids.shape[1]:]
+            # An explicit attention mask: without one, generate() masks every position holding
+            # the pad id, and SmolLM2's pad is <|im_end|>, which the prompt contains.
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY,
+                                 min_new_tokens=GREEDY, do_sample=False, eos_token_id=None,
+                                 pad_token_id=2)[0, ids.shape[1]:]
             full = torch.cat([ids[0], gen])[None]
             logits = model(full).logits[0]
         n = ids.shape[1]
@@ -81,6 +88,16 @@ def write(root, gguf_path):
         meta["prompts"].append({"prompt": prompt, "text": text, "answer": tok.decode(gen),
                                 "min_top2_gap": float((top2[:, 0] - top2[:, 1]).min())})
         print(f"smollm2 prompt {i}: {n} ids, answer {tok.decode(gen)!r}")
+    text = tok.apply_chat_template([{"role": "user", "content": CAPITAL}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY,
+                             do_sample=False, pad_token_id=2)[0, ids.shape[1]:]
+    ref["capital.input_ids"] = ids[0]
+    ref["capital.generated_ids"] = gen
+    meta["capital"] = {"prompt": CAPITAL, "answer": tok.decode(gen)}
+    print(f"smollm2 capital: {tok.decode(gen)!r}")
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(out, "reference.safetensors"),
               metadata={"meta": json.dumps(meta, sort_keys=True)})
     with open(os.path.join(out, "cases.json"), "w") as f:

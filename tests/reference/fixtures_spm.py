@@ -73,14 +73,14 @@ SYSTEM = ("A chat between a curious user and an artificial intelligence assistan
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
-def corpus():
+def corpus(seed=12345, n=3000):
     """Deterministic sentences: a linear congruential walk over the word list."""
     # No newlines or tabs: like LLaMA's vocabulary, they must go through byte fallback.
     lines = [SYSTEM, "USER: <image> What is in the image? ASSISTANT:",
              "Ünïcödé café naïve Москва 東京 😀 1234567890 3.14159",
              "fn main() { println!(\"{}\", x); }"]
-    s = 12345
-    for _ in range(3000):
+    s = seed
+    for _ in range(n):
         words = []
         for _ in range(6 + s % 9):
             s = (s * 1103515245 + 12345) % (1 << 31)

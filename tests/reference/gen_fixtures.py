@@ -156,8 +156,8 @@ def save_reference(path, tensors, meta):
 def greedy(model, ids, n):
     """n greedy tokens through generate() (KV-cache path), EOS disabled."""
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                             min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
     gen = out[0, ids.shape[1]:]
     # The smallest top-1/top-2 gap along the greedy path, a measure of how robust the
     # expected continuation is to float rounding.
@@ -248,6 +248,41 @@ def llama_fixtures(root, tok):
                       notes="head_dim 32 with hidden 64, llama3 rope scaling, biases, f32")
 
 
+def trained_llama_fixture(root, tok):
+    """A tiny LLaMA trained for a few hundred steps on the SentencePiece fixture's corpus:
+    unlike random weights, its predictions are confident, as a real model's are, which is
+    what quantisation error budgets are measured on."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(SEED + 3)
+    text = "\n".join(fixtures_spm.corpus())
+    data = torch.tensor(tok(text, add_special_tokens=False).input_ids)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    model = LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(1500):
+        starts = torch.randint(0, len(data) - 65, (16,))
+        x = torch.stack([data[s:s + 65] for s in starts])
+        logits = model(x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"llama_trained: final training loss {float(loss):.3f}")
+    write_llm_fixture(root, "llama_trained", model, tok, torch.float32,
+                      notes="trained 1500 steps on the corpus of fixtures_spm; f32 weights")
+    # Text the model has learnt (the start of its training data), for error budgets: there
+    # its predictions are as confident as a real model's on familiar text. (Its corpus is
+    # random word sequences, so on unseen text every word boundary is a near-tie.)
+    eval_ids = data[:256]
+    path = os.path.join(root, "llama_trained", "eval.safetensors")
+    save_reference(path, {"eval_ids": eval_ids.to(torch.int64)},
+                   {"text": "the first 256 tokens of the training corpus"})
+
+
 def tokenizer_fixture(root, tok):
     """Python's tokenisation and chat-template rendering, for the Rust tokenizer tests."""
     out = os.path.join(root, "tokenizer")
@@ -286,6 +321,7 @@ def main():
         tok = truncated_smollm2_tokenizer(gguf_path, work)
         tokenizer_fixture(args.out, tok)
         llama_fixtures(args.out, tok)
+        trained_llama_fixture(args.out, tok)
         fixtures_vlm.write(args.out, os.path.join(work, "smollm2_tok_small"))
     fixtures_pytorch.write(args.out)
     fixtures_smollm2.write(args.out, gguf_path)

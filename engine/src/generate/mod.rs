@@ -157,7 +157,10 @@ impl TextStream {
     /// The text still held back once generation has ended.
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
         let text = tokenizer.decode(&self.ids, true)?;
-        let tail = text.strip_prefix(self.emitted.as_str()).unwrap_or_default().to_string();
+        let tail = text
+            .strip_prefix(self.emitted.as_str())
+            .unwrap_or_default()
+            .to_string();
         self.emitted.push_str(&tail);
         Ok(tail)
     }

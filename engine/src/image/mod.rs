@@ -141,7 +141,10 @@ pub fn processor_for(spec: &crate::model::spec::ProcessorSpec) -> ImageProcessor
 }
 
 /// Decodes an image file and preprocesses it for a model: CHW f32 pixels.
-pub fn preprocess_file(path: &std::path::Path, spec: &crate::model::spec::ProcessorSpec) -> crate::error::Result<Vec<f32>> {
+pub fn preprocess_file(
+    path: &std::path::Path,
+    spec: &crate::model::spec::ProcessorSpec,
+) -> crate::error::Result<Vec<f32>> {
     let img = load_image(path)?;
     Ok(processor_for(spec).preprocess(&img).data)
 }

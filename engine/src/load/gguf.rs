@@ -127,10 +127,10 @@ impl GgmlType {
             GgmlType::Q4K => (256, kquants::Q4_K_BYTES as u64),
             GgmlType::Q6K => (256, kquants::Q6_K_BYTES as u64),
             GgmlType::Other(id) => match id {
-                6 => (32, 22),  // Q5_0
-                7 => (32, 24),  // Q5_1
-                9 => (32, 36),  // Q8_1
-                10 => (256, 84), // Q2_K
+                6 => (32, 22),    // Q5_0
+                7 => (32, 24),    // Q5_1
+                9 => (32, 36),    // Q8_1
+                10 => (256, 84),  // Q2_K
                 11 => (256, 110), // Q3_K
                 13 => (256, 176), // Q5_K
                 15 => (256, 292), // Q8_K
@@ -200,13 +200,18 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, reason: impl Into<String>) -> Error {
-        Error::bad_file(self.path, format!("{} (at byte {})", reason.into(), self.pos))
+        Error::bad_file(
+            self.path,
+            format!("{} (at byte {})", reason.into(), self.pos),
+        )
     }
 
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         let remaining = (self.bytes.len() - self.pos) as u64;
         if n > remaining {
-            return Err(self.err(format!("needs {n} more bytes but the file ends after {remaining} (truncated?)")));
+            return Err(self.err(format!(
+                "needs {n} more bytes but the file ends after {remaining} (truncated?)"
+            )));
         }
         let s = &self.bytes[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -293,15 +298,28 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a GGUF header holds: the version, the metadata and the tensor infos.
+pub type Header = (u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>);
+
 /// Parses a GGUF header held in `bytes` (the whole file).
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
-    let mut r = Reader { bytes, pos: 0, path };
-    if r.take(4).map_err(|_| Error::bad_file(path, "file is too short to be GGUF"))? != GGUF_MAGIC {
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header> {
+    let mut r = Reader {
+        bytes,
+        pos: 0,
+        path,
+    };
+    if r.take(4)
+        .map_err(|_| Error::bad_file(path, "file is too short to be GGUF"))?
+        != GGUF_MAGIC
+    {
         return Err(Error::bad_file(path, "not a GGUF file (wrong magic)"));
     }
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+        return Err(Error::bad_file(
+            path,
+            format!("GGUF version {version} is not supported (2 and 3 are)"),
+        ));
     }
     // A tensor info takes at least 8 (name) + 4 + 4 + 8 bytes, a key-value pair 8 + 4 + 1.
     let n_tensors = r.count("tensor", 24)?;
@@ -320,7 +338,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>,
                 .as_u64()
                 .ok_or_else(|| Error::bad_file(path, "general.alignment is not an integer"))?;
             if a == 0 || !a.is_power_of_two() {
-                return Err(Error::bad_file(path, format!("general.alignment {a} is not a power of two")));
+                return Err(Error::bad_file(
+                    path,
+                    format!("general.alignment {a} is not a power of two"),
+                ));
             }
             a
         }
@@ -331,12 +352,17 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>,
         let name = r.string()?;
         let n_dims = r.u32()?;
         if n_dims > 4 {
-            return Err(r.err(format!("tensor `{name}` has {n_dims} dimensions (ggml allows 4)")));
+            return Err(r.err(format!(
+                "tensor `{name}` has {n_dims} dimensions (ggml allows 4)"
+            )));
         }
         let ne = (0..n_dims).map(|_| r.i64()).collect::<Result<Vec<_>>>()?;
         let ne = ne
             .iter()
-            .map(|&d| u64::try_from(d).map_err(|_| r.err(format!("tensor `{name}` has a negative dimension"))))
+            .map(|&d| {
+                u64::try_from(d)
+                    .map_err(|_| r.err(format!("tensor `{name}` has a negative dimension")))
+            })
             .collect::<Result<Vec<u64>>>()?;
         let ty_id = r.u32()?;
         let ty = GgmlType::from_id(ty_id)
@@ -351,7 +377,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>,
     for (name, ne, ty, offset) in infos {
         let bad = |reason: String| Error::bad_file(path, format!("tensor `{name}`: {reason}"));
         if offset % alignment != 0 {
-            return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
+            return Err(bad(format!(
+                "data offset {offset} is not aligned to {alignment}"
+            )));
         }
         let numel = ne
             .iter()
@@ -360,7 +388,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>,
         let size = match ty.block() {
             Some((block, bytes_per)) => {
                 if ne.first().is_some_and(|&d| d % block != 0) {
-                    return Err(bad(format!("rows of {} values are not whole {ty:?} blocks", ne[0])));
+                    return Err(bad(format!(
+                        "rows of {} values are not whole {ty:?} blocks",
+                        ne[0]
+                    )));
                 }
                 (numel / block)
                     .checked_mul(bytes_per)
@@ -371,7 +402,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>,
         let start = data_start
             .checked_add(offset)
             .ok_or_else(|| bad("offset overflows".into()))?;
-        let end = start.checked_add(size).ok_or_else(|| bad("size overflows".into()))?;
+        let end = start
+            .checked_add(size)
+            .ok_or_else(|| bad("size overflows".into()))?;
         if end > file_len {
             return Err(bad(format!(
                 "data [{start}, {end}) runs past the end of the {file_len}-byte file (truncated?)"
@@ -445,9 +478,17 @@ impl GgufFile {
                 } else {
                     kquants::dequantize_q6_k(bytes, &mut values);
                 }
-                log::info!("{}: `{name}` is {:?}; re-stored as q8_0", self.path.display(), info.ty);
+                log::info!(
+                    "{}: `{name}` is {:?}; re-stored as q8_0",
+                    self.path.display(),
+                    info.ty
+                );
                 let packed = crate::quant::quantize(DType::Q8_0, &values);
-                return Ok(HostTensor::new(DType::Q8_0, shape, Storage::from_bytes(&packed)));
+                return Ok(HostTensor::new(
+                    DType::Q8_0,
+                    shape,
+                    Storage::from_bytes(&packed),
+                ));
             }
             GgmlType::Other(id) => {
                 return Err(Error::UnsupportedDtype {
@@ -572,13 +613,16 @@ mod tests {
             "tokenizer.ggml.tokens",
             Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
         );
-        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         w.tensor("t", &[2, 3], GgmlType::F32, data);
         w.tensor("q", &[1, 32], GgmlType::Q8_0, vec![0u8; 34]);
         w.to_bytes()
     }
 
-    fn parse_bytes(b: &[u8]) -> Result<(u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
+    fn parse_bytes(b: &[u8]) -> Result<Header> {
         parse(Path::new("x.gguf"), b)
     }
 
@@ -640,6 +684,8 @@ mod tests {
     }
 
     fn find(hay: &[u8], needle: &[u8]) -> usize {
-        hay.windows(needle.len()).position(|w| w == needle).expect("needle")
+        hay.windows(needle.len())
+            .position(|w| w == needle)
+            .expect("needle")
     }
 }

@@ -177,7 +177,8 @@ impl TensorSource for Sources {
         }
     }
     fn path_of(&self, name: &str) -> PathBuf {
-        self.find(name).map_or_else(|| self.location().to_path_buf(), |s| s.path_of(name))
+        self.find(name)
+            .map_or_else(|| self.location().to_path_buf(), |s| s.path_of(name))
     }
     fn names(&self) -> Vec<String> {
         self.0.iter().flat_map(|s| s.names()).collect()
@@ -278,10 +279,16 @@ pub fn llm_config(file: &GgufFile) -> Result<LlmConfig> {
             factor: m.opt_f32(&k("rope.scaling.factor"))?.unwrap_or(1.0),
         },
         Some(other) => {
-            return Err(m.bad(&k("rope.scaling.type"), &format!("RoPE scaling `{other}` is not supported")));
+            return Err(m.bad(
+                &k("rope.scaling.type"),
+                &format!("RoPE scaling `{other}` is not supported"),
+            ));
         }
     };
-    let tokens = file.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(<[Value]>::len);
+    let tokens = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .map(<[Value]>::len);
     let vocab_size = match m.opt_usize(&k("vocab_size"))? {
         Some(v) => v,
         None => tokens.ok_or_else(|| m.missing(&k("vocab_size")))?,
@@ -297,7 +304,9 @@ pub fn llm_config(file: &GgufFile) -> Result<LlmConfig> {
         num_kv_heads: kv_heads,
         head_dim,
         max_position_embeddings: m.opt_usize(&k("context_length"))?.unwrap_or(2048),
-        norm_eps: m.opt_f32(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+        norm_eps: m
+            .opt_f32(&k("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5),
         rope: RopeConfig {
             theta: m.opt_f32(&k("rope.freq_base"))?.unwrap_or(10000.0),
             rotary_dim,
@@ -321,7 +330,10 @@ pub fn llm_config(file: &GgufFile) -> Result<LlmConfig> {
 pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
     let m = Meta { file };
     if m.str("general.architecture")? != "clip" {
-        return Err(m.bad("general.architecture", "an mmproj file must have architecture `clip`"));
+        return Err(m.bad(
+            "general.architecture",
+            "an mmproj file must have architecture `clip`",
+        ));
     }
     let projector = match file.get("clip.projector_type").and_then(Value::as_str) {
         Some("ldp") => ProjectorKind::Ldp,
@@ -334,7 +346,10 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
             ));
         }
     };
-    let gelu = file.get("clip.use_gelu").and_then(Value::as_bool).unwrap_or(false);
+    let gelu = file
+        .get("clip.use_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let blocks = m.usize("clip.vision.block_count")?;
     let tower = VisionConfig {
         kind: VisionKind::Clip,
@@ -344,8 +359,14 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
         num_heads: m.usize("clip.vision.attention.head_count")?,
         image_size: m.usize("clip.vision.image_size")?,
         patch_size: m.usize("clip.vision.patch_size")?,
-        norm_eps: m.opt_f32("clip.vision.attention.layer_norm_epsilon")?.unwrap_or(1e-5),
-        activation: if gelu { Activation::Gelu } else { Activation::QuickGelu },
+        norm_eps: m
+            .opt_f32("clip.vision.attention.layer_norm_epsilon")?
+            .unwrap_or(1e-5),
+        activation: if gelu {
+            Activation::Gelu
+        } else {
+            Activation::QuickGelu
+        },
     };
     let mean = m.f64_triple("clip.vision.image_mean", super::spec::CLIP_MEAN)?;
     Ok(VisionSpec {
@@ -378,7 +399,9 @@ pub fn model_spec(llm: &GgufFile, mmproj: Option<&GgufFile>) -> Result<ModelSpec
     let vision = mmproj.map(vision_spec).transpose()?;
     let (family, template) = match &vision {
         None => (Family::TextOnly, PromptTemplate::Jinja),
-        Some(v) if v.projector == ProjectorKind::Ldpv2 => (Family::MobileVlmV2, PromptTemplate::VicunaV1),
+        Some(v) if v.projector == ProjectorKind::Ldpv2 => {
+            (Family::MobileVlmV2, PromptTemplate::VicunaV1)
+        }
         Some(_) => (Family::MobileVlm, PromptTemplate::VicunaV1),
     };
     Ok(ModelSpec {
@@ -395,13 +418,22 @@ mod tests {
 
     #[test]
     fn maps_llm_names() {
-        assert_eq!(hf_name_of_llm_tensor("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name_of_llm_tensor("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert_eq!(
             hf_name_of_llm_tensor("blk.12.ffn_gate.weight").unwrap(),
             "model.layers.12.mlp.gate_proj.weight"
         );
-        assert_eq!(hf_name_of_llm_tensor("blk.0.attn_q.bias").unwrap(), "model.layers.0.self_attn.q_proj.bias");
-        assert_eq!(hf_name_of_llm_tensor("output.weight").unwrap(), "lm_head.weight");
+        assert_eq!(
+            hf_name_of_llm_tensor("blk.0.attn_q.bias").unwrap(),
+            "model.layers.0.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            hf_name_of_llm_tensor("output.weight").unwrap(),
+            "lm_head.weight"
+        );
         assert!(hf_name_of_llm_tensor("rope_freqs.weight").is_none());
     }
 

@@ -15,7 +15,9 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::gguf::{GgufFile, Value};
-use super::spm::{AddedToken as SpmAddedToken, LlamaTokenizerConfig, PieceType, SpmModel, SpmOptions, SpmPiece};
+use super::spm::{
+    AddedToken as SpmAddedToken, LlamaTokenizerConfig, PieceType, SpmModel, SpmOptions, SpmPiece,
+};
 use super::tokenizer::Tokenizer;
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
@@ -28,7 +30,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('?')
         } else {
@@ -53,8 +56,14 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
 }
 
 fn token_types(file: &GgufFile, n: usize) -> Vec<i64> {
-    match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) if a.len() == n => a.iter().map(|v| v.as_f64().map_or(1, |x| x as i64)).collect(),
+    match file
+        .get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+    {
+        Some(a) if a.len() == n => a
+            .iter()
+            .map(|v| v.as_f64().map_or(1, |x| x as i64))
+            .collect(),
         _ => vec![1; n],
     }
 }
@@ -137,14 +146,25 @@ fn gpt2(file: &GgufFile) -> Result<Tokenizer> {
         .map(|(t, _)| AddedToken::from(t.to_string(), false))
         .collect();
     inner.add_tokens(user).map_err(|e| err(e.to_string()))?;
-    let name = |key| special_id(file, key).and_then(|i| tokens.get(i)).map(|t| t.to_string());
-    Ok(Tokenizer::from_tokenizers(inner, name("bos"), name("eos"), file.path()))
+    let name = |key| {
+        special_id(file, key)
+            .and_then(|i| tokens.get(i))
+            .map(|t| t.to_string())
+    };
+    Ok(Tokenizer::from_tokenizers(
+        inner,
+        name("bos"),
+        name("eos"),
+        file.path(),
+    ))
 }
 
 fn sentencepiece(file: &GgufFile) -> Result<Tokenizer> {
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
     let scores: Vec<f32> = match file.get("tokenizer.ggml.scores").and_then(Value::as_array) {
-        Some(a) if a.len() == tokens.len() => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+        Some(a) if a.len() == tokens.len() => {
+            a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+        }
         _ => vec![0.0; tokens.len()],
     };
     let types = token_types(file, tokens.len());
@@ -152,17 +172,26 @@ fn sentencepiece(file: &GgufFile) -> Result<Tokenizer> {
         .iter()
         .zip(&scores)
         .zip(&types)
-        .map(|((t, &s), &ty)| SpmPiece::new(*t, s, PieceType::from_code(ty).unwrap_or(PieceType::Normal)))
+        .map(|((t, &s), &ty)| {
+            SpmPiece::new(*t, s, PieceType::from_code(ty).unwrap_or(PieceType::Normal))
+        })
         .collect();
     let mut options = SpmOptions::llama();
-    if let Some(prefix) = file.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool) {
+    if let Some(prefix) = file
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(Value::as_bool)
+    {
         options.add_dummy_prefix = prefix;
     }
     let model = SpmModel::from_parts(pieces, options).map_err(|e| Error::Tokenizer {
         path: file.path().to_path_buf(),
         reason: e.to_string(),
     })?;
-    let token = |key| special_id(file, key).and_then(|i| tokens.get(i)).map(|t| SpmAddedToken::special(*t));
+    let token = |key| {
+        special_id(file, key)
+            .and_then(|i| tokens.get(i))
+            .map(|t| SpmAddedToken::special(*t))
+    };
     let flag = |key: &str, default| {
         file.get(&format!("tokenizer.ggml.{key}"))
             .and_then(Value::as_bool)
@@ -200,8 +229,12 @@ pub fn tokenizer(file: &GgufFile) -> Result<Tokenizer> {
         }
     };
     if let Some(src) = file.get("tokenizer.chat_template").and_then(Value::as_str) {
-        let template = ChatTemplate::new(src.to_string(), tok.bos_token.clone(), tok.eos_token.clone())
-            .map_err(|e| Error::Template(format!("{}: {e}", file.path().display())))?;
+        let template = ChatTemplate::new(
+            src.to_string(),
+            tok.bos_token.clone(),
+            tok.eos_token.clone(),
+        )
+        .map_err(|e| Error::Template(format!("{}: {e}", file.path().display())))?;
         tok.chat_template = Some(template);
     }
     Ok(tok)

@@ -43,7 +43,11 @@ pub fn tensor_shaped(src: &dyn TensorSource, name: &str, expected: &[usize]) -> 
         });
     }
     let t = src.tensor(name)?;
-    Ok(if t.shape == expected { t } else { t.reshape(expected.to_vec()) })
+    Ok(if t.shape == expected {
+        t
+    } else {
+        t.reshape(expected.to_vec())
+    })
 }
 
 impl TensorSource for Checkpoint {

@@ -200,19 +200,47 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     /// loader's quantisation target when it has one and the rows are whole blocks.
     pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
         let t = self.host(name, shape)?;
-        self.backend.weight(crate::quant::convert_matrix(t, self.quant))
+        self.backend
+            .weight(crate::quant::convert_matrix(t, self.quant))
+    }
+
+    /// The output head (or embeddings tied to it): llama.cpp's rule keeps it at 8 bits when
+    /// the rest goes to 4 bits, because every logit goes through it; a head already stored
+    /// in a block format stays as stored.
+    pub fn head_matrix(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        let t = self.host(name, shape)?;
+        let target = match self.quant {
+            Some(DType::Q4_0 | DType::Q4_1) if t.dtype.is_quantized() => None,
+            Some(DType::Q4_0 | DType::Q4_1) => Some(DType::Q8_0),
+            other => other,
+        };
+        self.backend.weight(crate::quant::convert_matrix(t, target))
     }
 
     /// Rows `start..start + count` of the matrix `name` (whose full shape is `shape`),
     /// quantised like [`WeightLoader::matrix`].
-    pub fn matrix_rows(&self, name: &str, shape: &[usize], start: usize, count: usize) -> Result<B::Weight> {
+    pub fn matrix_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        start: usize,
+        count: usize,
+    ) -> Result<B::Weight> {
         let t = self.host(name, shape)?.slice_rows(start, count);
-        self.backend.weight(crate::quant::convert_matrix(t, self.quant))
+        self.backend
+            .weight(crate::quant::convert_matrix(t, self.quant))
     }
 
     /// Rows `start..start + count` of the 1-D or 2-D tensor `name`, as stored.
-    pub fn get_rows(&self, name: &str, shape: &[usize], start: usize, count: usize) -> Result<B::Weight> {
-        self.backend.weight(self.host(name, shape)?.slice_rows(start, count))
+    pub fn get_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        start: usize,
+        count: usize,
+    ) -> Result<B::Weight> {
+        self.backend
+            .weight(self.host(name, shape)?.slice_rows(start, count))
     }
 
     /// `name` with exactly `shape`, converted to f32 and viewed as `as_shape` (small tensors

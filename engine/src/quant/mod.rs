@@ -24,7 +24,10 @@ pub const QK: usize = 32;
 
 /// A weight matrix stored as `target` (quantise-on-load). Matrices whose rows are not whole
 /// blocks keep their format, as llama.cpp does (SigLIP's 4304-wide FFN, tiny test models).
-pub fn convert_matrix(t: crate::tensor::HostTensor, target: Option<DType>) -> crate::tensor::HostTensor {
+pub fn convert_matrix(
+    t: crate::tensor::HostTensor,
+    target: Option<DType>,
+) -> crate::tensor::HostTensor {
     use crate::tensor::{HostTensor, Storage};
     let Some(target) = target else { return t };
     let (_, cols) = t.rows_cols();
@@ -32,7 +35,11 @@ pub fn convert_matrix(t: crate::tensor::HostTensor, target: Option<DType>) -> cr
         return t;
     }
     let values = t.to_f32_vec();
-    HostTensor::new(target, t.shape.clone(), Storage::from_bytes(&quantize(target, &values)))
+    HostTensor::new(
+        target,
+        t.shape.clone(),
+        Storage::from_bytes(&quantize(target, &values)),
+    )
 }
 
 /// `x` (a whole number of blocks for block types) stored as `dtype`.
@@ -44,7 +51,10 @@ pub fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
     }
     match dtype {
         DType::F32 => bytemuck::cast_slice(x).to_vec(),
-        DType::F16 => x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+        DType::F16 => x
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
         DType::BF16 => x
             .iter()
             .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
@@ -52,6 +62,22 @@ pub fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
         DType::Q4_0 => blocks(x, quantize_q4_0),
         DType::Q4_1 => blocks(x, quantize_q4_1),
         DType::Q8_0 => blocks(x, quantize_q8_0),
+    }
+}
+
+/// `x` stored as `dtype` with ggml's reference quantisers (bit-identical to llama.cpp's
+/// `quantize` without an importance matrix).
+pub fn quantize_ref(dtype: DType, x: &[f32]) -> Vec<u8> {
+    fn blocks<T: Pod + Zeroable>(x: &[f32], f: fn(&[f32], &mut [T])) -> Vec<u8> {
+        let mut out = vec![T::zeroed(); x.len() / QK];
+        f(x, &mut out);
+        bytemuck::cast_slice(&out).to_vec()
+    }
+    match dtype {
+        DType::Q4_0 => blocks(x, quantize_q4_0_ref),
+        DType::Q4_1 => blocks(x, quantize_q4_1_ref),
+        DType::Q8_0 => blocks(x, quantize_q8_0_ref),
+        other => quantize(other, x),
     }
 }
 
@@ -91,7 +117,9 @@ const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
+/// ggml's reference quantiser (`quantize_row_q4_0_ref`): the largest-magnitude value maps
+/// to −8. Bit-identical to llama.cpp's output.
+pub fn quantize_q4_0_ref(x: &[f32], out: &mut [BlockQ4_0]) {
     for (xb, b) in x.chunks_exact(QK).zip(out) {
         // The value of largest magnitude, with its sign: it maps to −8.
         let mut max = 0.0f32;
@@ -121,7 +149,8 @@ pub fn dequantize_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     }
 }
 
-pub fn quantize_q4_1(x: &[f32], out: &mut [BlockQ4_1]) {
+/// ggml's reference quantiser (`quantize_row_q4_1_ref`): min and max map to 0 and 15.
+pub fn quantize_q4_1_ref(x: &[f32], out: &mut [BlockQ4_1]) {
     for (xb, b) in x.chunks_exact(QK).zip(out) {
         let min = xb.iter().copied().fold(f32::MAX, f32::min);
         let max = xb.iter().copied().fold(-f32::MAX, f32::max);
@@ -147,7 +176,8 @@ pub fn dequantize_q4_1(blocks: &[BlockQ4_1], out: &mut [f32]) {
     }
 }
 
-pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+/// ggml's reference quantiser (`quantize_row_q8_0_ref`): scale = max|x| / 127.
+pub fn quantize_q8_0_ref(x: &[f32], out: &mut [BlockQ8_0]) {
     for (xb, b) in x.chunks_exact(QK).zip(out) {
         let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -164,6 +194,130 @@ pub fn dequantize_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
         let d = b.d.to_f32();
         for (o, &q) in ob.iter_mut().zip(&b.qs) {
             *o = q as f32 * d;
+        }
+    }
+}
+
+/// Integers for `x` on a symmetric grid `[lo, hi]` with scale `1/inv`, and the least-squares
+/// scale for those integers: `(Σ x·l) / (Σ l²)`, with the error it leaves.
+fn fit_symmetric(x: &[f32], inv: f32, lo: i32, hi: i32, l: &mut [i32]) -> (f32, f32) {
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = ((v * inv).round() as i32).clamp(lo, hi);
+        sumlx += v * *li as f32;
+        suml2 += (*li * *li) as f32;
+    }
+    if suml2 == 0.0 {
+        return (0.0, x.iter().map(|v| v * v).sum());
+    }
+    let d = sumlx / suml2;
+    let err: f32 = x.iter().zip(l.iter()).map(|(&v, &q)| (v - d * q as f32).powi(2)).sum();
+    (d, err)
+}
+
+/// The scale and integers minimising the squared error of a symmetric block, searched
+/// like ggml's `make_qx_quants`: inverse scales around `nmax / max`, each refined by least
+/// squares. `f16` rounding of the scale is applied before the final integers are chosen.
+fn quantize_symmetric(x: &[f32], nmax: f32, lo: i32, hi: i32, l: &mut [i32]) -> f16 {
+    let mut max = 0.0f32;
+    for &v in x {
+        if v.abs() > max.abs() {
+            max = v;
+        }
+    }
+    if max == 0.0 {
+        l.fill(0);
+        return f16::ZERO;
+    }
+    let mut best = (f32::INFINITY, 0.0f32);
+    for step in -9..=9 {
+        let inv = -(nmax + 0.1 * step as f32) / max;
+        let (d, err) = fit_symmetric(x, inv, lo, hi, l);
+        if err < best.0 {
+            best = (err, d);
+        }
+    }
+    // Requantise with the scale as it will be stored.
+    let d = f16::from_f32(best.1);
+    let df = d.to_f32();
+    let inv = if df != 0.0 { 1.0 / df } else { 0.0 };
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = ((v * inv).round() as i32).clamp(lo, hi);
+    }
+    d
+}
+
+/// Q4_0 with the error-minimising scale (a valid ggml block; smaller error than the
+/// reference quantiser, which matters most when re-quantising already-quantised weights).
+pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
+    let mut l = [0i32; QK];
+    for (xb, b) in x.chunks_exact(QK).zip(out) {
+        // Stored value (q − 8)·d with q in 0..=15: integers −8..=7, largest magnitude → −8.
+        b.d = quantize_symmetric(xb, 8.0, -8, 7, &mut l);
+        for j in 0..QK / 2 {
+            b.qs[j] = (l[j] + 8) as u8 | (((l[j + QK / 2] + 8) as u8) << 4);
+        }
+    }
+}
+
+pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    let mut l = [0i32; QK];
+    for (xb, b) in x.chunks_exact(QK).zip(out) {
+        b.d = quantize_symmetric(xb, 127.0, -127, 127, &mut l);
+        for (q, &v) in b.qs.iter_mut().zip(&l) {
+            *q = v as i8;
+        }
+    }
+}
+
+/// Q4_1 by alternating least squares on (scale, min), ggml's `make_qkx1_quants` idea:
+/// start from the range, assign integers, refit both by least squares, repeat.
+pub fn quantize_q4_1(x: &[f32], out: &mut [BlockQ4_1]) {
+    for (xb, b) in x.chunks_exact(QK).zip(out) {
+        let min = xb.iter().copied().fold(f32::MAX, f32::min);
+        let max = xb.iter().copied().fold(-f32::MAX, f32::max);
+        let (mut d, mut m) = ((max - min) / 15.0, min);
+        let mut l = [0i32; QK];
+        let assign = |d: f32, m: f32, l: &mut [i32; QK]| {
+            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (li, &v) in l.iter_mut().zip(xb) {
+                *li = (((v - m) * inv).round() as i32).clamp(0, 15);
+            }
+        };
+        let err = |d: f32, m: f32, l: &[i32; QK]| -> f32 {
+            xb.iter().zip(l).map(|(&v, &q)| (v - (q as f32 * d + m)).powi(2)).sum()
+        };
+        assign(d, m, &mut l);
+        let mut best = (err(d, m, &l), d, m);
+        for _ in 0..8 {
+            // Least squares for v ≈ d·l + m over the block.
+            let n = QK as f32;
+            let (sl, sl2, sv, slv) = l.iter().zip(xb).fold((0.0, 0.0, 0.0, 0.0), |acc, (&q, &v)| {
+                let q = q as f32;
+                (acc.0 + q, acc.1 + q * q, acc.2 + v, acc.3 + q * v)
+            });
+            let det = n * sl2 - sl * sl;
+            if det <= 0.0 {
+                break;
+            }
+            d = (n * slv - sl * sv) / det;
+            m = (sv - d * sl) / n;
+            if d <= 0.0 {
+                break;
+            }
+            assign(d, m, &mut l);
+            let e = err(d, m, &l);
+            if e < best.0 {
+                best = (e, d, m);
+            } else {
+                break;
+            }
+        }
+        b.d = f16::from_f32(best.1);
+        b.m = f16::from_f32(best.2);
+        assign(b.d.to_f32(), b.m.to_f32(), &mut l);
+        for j in 0..QK / 2 {
+            b.qs[j] = l[j] as u8 | ((l[j + QK / 2] as u8) << 4);
         }
     }
 }
@@ -215,7 +369,11 @@ pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
 pub fn dot_q8_0_q8_1(w: &[BlockQ8_0], x: &[BlockQ8_1]) -> f32 {
     let mut sum = 0.0f32;
     for (b, a) in w.iter().zip(x) {
-        let isum: i32 = b.qs.iter().zip(&a.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let isum: i32 =
+            b.qs.iter()
+                .zip(&a.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += isum as f32 * b.d.to_f32() * a.d;
     }
     sum
@@ -244,21 +402,48 @@ mod tests {
         let mut b4 = vec![BlockQ4_0::zeroed(); 7];
         quantize_q4_0(&x, &mut b4);
         dequantize_q4_0(&b4, &mut out);
-        let err = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         // Rounding costs d/2; the extreme opposite the one mapped to −8 clips at +7, a full d.
         assert!(err <= amax / 8.0 + 1e-3, "q4_0 {err}");
 
         let mut b41 = vec![BlockQ4_1::zeroed(); 7];
         quantize_q4_1(&x, &mut b41);
         dequantize_q4_1(&b41, &mut out);
-        let err = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(err <= 2.0 * amax / 15.0 * 0.51 + 1e-2, "q4_1 {err}");
 
         let mut b8 = vec![BlockQ8_0::zeroed(); 7];
         quantize_q8_0(&x, &mut b8);
         dequantize_q8_0(&b8, &mut out);
-        let err = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(err <= amax / 127.0 * 0.51 + 1e-3, "q8_0 {err}");
+    }
+
+    #[test]
+    fn error_minimising_quantisers_beat_the_reference() {
+        let x = data(32 * 64, 9);
+        let mse = |dtype: DType, bytes: &[u8]| {
+            let mut out = vec![0.0; x.len()];
+            crate::tensor::convert_to_f32(dtype, bytes, &mut out);
+            x.iter().zip(&out).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / x.len() as f32
+        };
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            let ours = mse(dtype, &quantize(dtype, &x));
+            let reference = mse(dtype, &quantize_ref(dtype, &x));
+            assert!(ours <= reference, "{dtype}: {ours} > {reference}");
+        }
     }
 
     #[test]
@@ -266,6 +451,7 @@ mod tests {
         let x = vec![0.0; 32];
         let mut b = [BlockQ4_0::zeroed()];
         quantize_q4_0(&x, &mut b);
+        assert!(quantize(DType::Q4_1, &x).iter().all(|&v| v == 0));
         let mut out = vec![1.0; 32];
         dequantize_q4_0(&b, &mut out);
         assert!(out.iter().all(|&v| v == 0.0));
@@ -286,7 +472,10 @@ mod tests {
         let mut wd = vec![0.0; w.len()];
         let check = |got: f32, wd: &[f32]| {
             let exact: f32 = wd.iter().zip(&xd).map(|(a, b)| a * b).sum();
-            assert!((got - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{got} vs {exact}");
+            assert!(
+                (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "{got} vs {exact}"
+            );
         };
         let mut b = vec![BlockQ4_0::zeroed(); 5];
         quantize_q4_0(&w, &mut b);

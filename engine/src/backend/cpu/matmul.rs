@@ -123,7 +123,14 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+        ] {
             for &(t, n, k) in &[
                 (1, 1, 1),
                 (1, 7, 33),

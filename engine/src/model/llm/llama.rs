@@ -111,7 +111,12 @@ impl<B: Backend> Llama<B> {
         let q_dim = cfg.num_heads * cfg.head_dim;
         let kv_dim = cfg.num_kv_heads * cfg.head_dim;
         let m = w.pp("model");
-        let embed = m.matrix("embed_tokens.weight", &[cfg.vocab_size, h])?;
+        // Tied embeddings are also the output head.
+        let embed = if cfg.tie_word_embeddings {
+            m.head_matrix("embed_tokens.weight", &[cfg.vocab_size, h])?
+        } else {
+            m.matrix("embed_tokens.weight", &[cfg.vocab_size, h])?
+        };
         let layers = (0..cfg.num_layers)
             .map(|i| Layer::load(&m.pp(format!("layers.{i}")), &cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -119,7 +124,7 @@ impl<B: Backend> Llama<B> {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(w.matrix("lm_head.weight", &[cfg.vocab_size, h])?)
+            Some(w.head_matrix("lm_head.weight", &[cfg.vocab_size, h])?)
         };
         let (rope_cos, rope_sin) = rope_tables(&be, &cfg, context_len);
         let c = PREFILL_CHUNK;

@@ -89,7 +89,14 @@ impl<B: Backend> Phi2<B> {
             layers,
             final_norm_weight: m.get("final_layernorm.weight", &[h])?,
             final_norm_bias: m.get("final_layernorm.bias", &[h])?,
-            lm_head: Linear::load(&w.pp("lm_head"), cfg.vocab_size, h, cfg.lm_head_bias)?,
+            lm_head: Linear {
+                weight: w.head_matrix("lm_head.weight", &[cfg.vocab_size, h])?,
+                bias: if cfg.lm_head_bias {
+                    Some(w.get("lm_head.bias", &[cfg.vocab_size])?)
+                } else {
+                    None
+                },
+            },
             rope_cos,
             rope_sin,
             cache: KvCache::new(&be, cfg.num_layers, kv_dim),

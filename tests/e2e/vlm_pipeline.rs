@@ -70,12 +70,7 @@ fn preprocessing_matches_the_reference_processor() {
             );
             // PNG and JPEG decode exactly as PIL, and preprocessing follows the processor to
             // the bit: only float rounding in the comparison remains.
-            assert!(
-                worst <= 1e-6,
-                "{name} {}: {}/255",
-                name_i,
-                worst * 255.0
-            );
+            assert!(worst <= 1e-6, "{name} {}: {}/255", name_i, worst * 255.0);
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Image files → [`RgbImage`], with the `image` crate's decoders behind limits.
+//! Image files → [`RgbImage`]: JPEG with our own decoder (bit-identical to PIL's
+//! libjpeg-turbo, see `jpeg/mod.rs`), the other formats with the `image` crate's decoders,
+//! all behind limits.
 
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -8,6 +10,7 @@ use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 
 use super::RgbImage;
+use super::jpeg;
 use crate::error::{Error, ImageErrorKind, Result};
 
 /// The formats we decode, by their content (the file name is not consulted).
@@ -95,13 +98,17 @@ pub fn decode_image_with_limits(
 }
 
 fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
+    // The signature the `image` crate (and PIL) recognise JPEG by.
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return decode_jpeg(bytes, source, limits);
+    }
     let fail = |e: ImageError| convert_error(e, source);
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(source, e))?;
     reader.limits(crate_limits(limits));
-    let format = match reader.format() {
-        Some(f) if SUPPORTED.contains(&f) => f,
+    match reader.format() {
+        Some(f) if SUPPORTED.contains(&f) => {}
         Some(f) => {
             return Err(Error::image(
                 source,
@@ -116,23 +123,75 @@ fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<Rg
                 format!("the data is not a {SUPPORTED_NAMES} image"),
             ));
         }
-    };
+    }
     let mut decoder = reader.into_decoder().map_err(fail)?;
-    check_size(&decoder, limits, source)?;
+    let (width, height) = decoder.dimensions();
+    check_size(
+        width,
+        height,
+        decoder.total_bytes(),
+        &format!("{:?}", decoder.color_type()),
+        limits,
+        source,
+    )?;
     // A damaged EXIF block only loses the rotation, as in image viewers.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let decoded = DynamicImage::from_decoder(decoder).map_err(fail)?;
-    if format == ImageFormat::Jpeg {
-        check_jpeg_complete(bytes, source)?;
+    Ok(oriented(to_rgb8(decoded), orientation))
+}
+
+/// JPEG: the header is read first, so the size is checked before anything image-sized is
+/// allocated. A truncated file (one that ends before its end-of-image marker) is refused,
+/// as PIL refuses it ("image file is truncated"); data after the end is ignored.
+fn decode_jpeg(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
+    let fail = |e: jpeg::JpegError| Error::image(source, e.kind, e.reason);
+    let header = jpeg::read_header(bytes).map_err(fail)?;
+    let (width, height) = (header.width(), header.height());
+    // What the `image` crate reported for a JPEG: grey as L8, everything else as Rgb8.
+    let (layout, bytes_per_pixel) = match header.color_space() {
+        jpeg::ColorSpace::Grey => ("L8", 1),
+        _ => ("Rgb8", 3),
+    };
+    let stored = u64::from(width) * u64::from(height) * bytes_per_pixel;
+    check_size(width, height, stored, layout, limits, source)?;
+    let needed = header.decoded_bytes();
+    if needed > limits.max_bytes {
+        return Err(Error::image(
+            source,
+            ImageErrorKind::TooLarge,
+            format!(
+                "decoding this {width}×{height} JPEG needs {needed} bytes of buffers, over the {} byte limit",
+                limits.max_bytes
+            ),
+        ));
     }
-    let mut rgb = DynamicImage::ImageRgb8(to_rgb8(decoded));
+    // A damaged EXIF block only loses the rotation, as in image viewers.
+    let orientation = header
+        .exif()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let rgb = header.decode().map_err(fail)?;
+    let rgb = ::image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| {
+        Error::image(
+            source,
+            ImageErrorKind::Corrupt,
+            "the JPEG decoded to the wrong size",
+        )
+    })?;
+    Ok(oriented(rgb, orientation))
+}
+
+/// Applies the EXIF orientation (see the module docs: deliberate, unlike PIL's plain
+/// `open().convert("RGB")`).
+fn oriented(rgb: ::image::RgbImage, orientation: Orientation) -> RgbImage {
+    let mut rgb = DynamicImage::ImageRgb8(rgb);
     rgb.apply_orientation(orientation);
     let rgb = rgb.into_rgb8();
-    Ok(RgbImage {
+    RgbImage {
         width: rgb.width(),
         height: rgb.height(),
         data: rgb.into_raw(),
-    })
+    }
 }
 
 /// The `image` crate's own allocation cap (its default is 512 MiB), set to ours. The side
@@ -143,9 +202,16 @@ fn crate_limits(limits: &DecodeLimits) -> ::image::Limits {
     out
 }
 
-/// Refuses images whose header claims more than the limits allow, before decoding.
-fn check_size(decoder: &impl ImageDecoder, limits: &DecodeLimits, source: &Path) -> Result<()> {
-    let (width, height) = decoder.dimensions();
+/// Refuses images whose header claims more than the limits allow, before decoding:
+/// `stored` is the decoder's buffer for the `layout` it decodes to.
+fn check_size(
+    width: u32,
+    height: u32,
+    stored: u64,
+    layout: &str,
+    limits: &DecodeLimits,
+    source: &Path,
+) -> Result<()> {
     if width > limits.max_width || height > limits.max_height {
         return Err(Error::image(
             source,
@@ -156,14 +222,12 @@ fn check_size(decoder: &impl ImageDecoder, limits: &DecodeLimits, source: &Path)
             ),
         ));
     }
-    let bytes = decoder.total_bytes();
-    if bytes > limits.max_bytes {
+    if stored > limits.max_bytes {
         return Err(Error::image(
             source,
             ImageErrorKind::TooLarge,
             format!(
-                "{width}×{height} pixels of {:?} decode to {bytes} bytes, over the {} byte limit",
-                decoder.color_type(),
+                "{width}×{height} pixels of {layout} decode to {stored} bytes, over the {} byte limit",
                 limits.max_bytes
             ),
         ));
@@ -176,83 +240,6 @@ fn check_size(decoder: &impl ImageDecoder, limits: &DecodeLimits, source: &Path)
         ));
     }
     Ok(())
-}
-
-/// The JPEG decoder is lenient: it fills in the missing part of a truncated file instead
-/// of failing (PIL raises "image file is truncated"). So we check that the main image's
-/// marker structure reaches its end-of-image marker.
-fn check_jpeg_complete(bytes: &[u8], source: &Path) -> Result<()> {
-    if jpeg_reaches_eoi(bytes) {
-        Ok(())
-    } else {
-        Err(Error::image(
-            source,
-            ImageErrorKind::Corrupt,
-            "the JPEG data is truncated (it ends before the end-of-image marker)",
-        ))
-    }
-}
-
-/// Walks a JPEG's segments from the start: marker segments are skipped by their length
-/// (so an EXIF thumbnail's markers inside APP1 are never seen), entropy-coded data after
-/// each start-of-scan up to the next real marker (`FF 00` is a stuffed byte, `FF D0..D7`
-/// restart markers). True when an end-of-image marker (`FF D9`) is reached; whatever
-/// follows it (phones append videos and metadata) is ignored.
-fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
-    let mut i = 0;
-    loop {
-        // The next marker: stray bytes before it are skipped (libjpeg warns and resyncs),
-        // as are 0xFF fill bytes.
-        let Some(ff) = bytes[i..].iter().position(|&b| b == 0xFF) else {
-            return false;
-        };
-        i += ff;
-        while i < bytes.len() && bytes[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&marker) = bytes.get(i) else {
-            return false;
-        };
-        i += 1;
-        match marker {
-            0xD9 => return true,
-            // Standalone markers: SOI, TEM, RST0-7 (and a stray stuffed zero).
-            0x00 | 0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(len) = bytes.get(i..i + 2) else {
-            return false;
-        };
-        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-        if len < 2 || i + len > bytes.len() {
-            return false;
-        }
-        i += len;
-        if marker == 0xDA {
-            match skip_entropy_coded_data(&bytes[i..]) {
-                Some(n) => i += n,
-                None => return false,
-            }
-        }
-    }
-}
-
-/// The length of the entropy-coded data at the start of `data`: up to the first `FF`
-/// that starts a marker other than a stuffed byte or a restart marker. None if the data
-/// ends first.
-fn skip_entropy_coded_data(data: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    loop {
-        i += data[i..].iter().position(|&b| b == 0xFF)?;
-        let mut j = i + 1;
-        while data.get(j) == Some(&0xFF) {
-            j += 1;
-        }
-        match data.get(j)? {
-            0x00 | 0xD0..=0xD7 => i = j + 1,
-            _ => return Some(i),
-        }
-    }
 }
 
 /// Maps the `image` crate's errors onto our kinds. A read past the end of the data (an
@@ -338,31 +325,6 @@ mod tests {
         assert_eq!(rgb_from(&[7u8, 200], 2, |v| v), vec![7, 7, 7]);
         assert_eq!(rgb_from(&[1u8, 2, 3, 0], 4, |v| v), vec![1, 2, 3]);
         assert_eq!(rgb_from(&[9u8], 1, |v| v), vec![9, 9, 9]);
-    }
-
-    #[test]
-    fn jpeg_structure_walk_finds_the_main_eoi() {
-        // SOI, APP1 holding a thumbnail's SOS and EOI, SOS, entropy data with a stuffed
-        // byte and a restart marker, EOI, then trailing data with marker-like bytes.
-        let app1 = [0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xDA, 0xFF, 0xD9];
-        let scan = [
-            0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56,
-        ];
-        let mut jpeg = vec![0xFF, 0xD8];
-        jpeg.extend_from_slice(&app1);
-        jpeg.extend_from_slice(&scan);
-        let complete = [&jpeg[..], &[0xFF, 0xD9]].concat();
-        assert!(jpeg_reaches_eoi(&complete));
-        assert!(jpeg_reaches_eoi(
-            &[&complete[..], &[0xFF, 0xDA, 0x01]].concat()
-        ));
-        // Cut anywhere before the final EOI: truncated, even though the APP1 holds one.
-        for cut in 0..complete.len() - 1 {
-            assert!(!jpeg_reaches_eoi(&complete[..cut]), "cut at {cut}");
-        }
-        let p = Path::new("x.jpg");
-        assert!(check_jpeg_complete(&complete, p).is_ok());
-        assert!(check_jpeg_complete(&jpeg, p).is_err());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! # Decoding ([`load_image`], [`decode_image`])
-//! JPEG, PNG, GIF (first frame), BMP and WebP, recognised by content (not by file name),
-//! through the `image` crate. Every failure is an [`Error::Image`](crate::Error::Image)
+//! JPEG, PNG, GIF (first frame), BMP and WebP, recognised by content (not by file name):
+//! JPEG through our own decoder (`jpeg/`), the others through the `image` crate. Every failure is an [`Error::Image`](crate::Error::Image)
 //! naming the file, with a [`ImageErrorKind`](crate::error::ImageErrorKind): `Corrupt`
 //! (damaged, truncated or empty data), `Unsupported` (another format, or not an image at
 //! all), `TooLarge` (over [`DecodeLimits`]: 16384 pixels a side and 1 GiB decoded by
@@ -33,10 +33,12 @@
 //! is kept as a colour: transformers 5's processors, handed the PIL image straight after
 //! `convert("RGB")`, would composite it onto white (transformers 4, which the reference
 //! repos run, and MobileVLM's `expand2square` both leave it as is). Lossless formats decode
-//! identically to PIL. JPEG decoding is not bit-identical to PIL's libjpeg-turbo (another
-//! IDCT, chroma upsampling and colour-conversion rounding): on the test JPEGs up to 5
-//! levels on some pixels (a quarter of the bytes of a 4:2:0 photo differ, mostly by 1-2);
-//! resizing to the model's input size averages most of it away.
+//! identically to PIL, and so do JPEGs: the JPEG decoder reproduces libjpeg-turbo with
+//! PIL's settings (accurate integer IDCT, fancy upsampling, libjpeg's colour tables, block
+//! smoothing of incompletely refined progressive files, PIL's CMYK conversion, libjpeg's
+//! handling of damaged entropy-coded data), bit for bit on every layout we test (see
+//! `jpeg/mod.rs` for what is supported and the one kind of damaged file PIL accepts and we
+//! refuse). Arithmetic-coded, 12-bit and lossless JPEGs are `Unsupported`.
 //!
 //! # Preprocessing
 //! [`resize_bicubic`] is bit-identical to `PIL.Image.resize(size, Image.BICUBIC)` on RGB
@@ -51,6 +53,7 @@
 //! MobileVLM's CLIP ViT-L/14-336, 384 (or 196) for Imp's SigLIP.
 
 mod decode;
+mod jpeg;
 mod process;
 mod resize;
 

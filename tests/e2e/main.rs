@@ -2,6 +2,7 @@
 
 mod bad_inputs;
 mod engine_thread;
+mod gguf;
 mod image;
 mod llama;
 mod pytorch_bin;

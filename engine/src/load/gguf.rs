@@ -442,6 +442,21 @@ impl GgufFile {
         })
     }
 
+    /// A GGUF file held in memory (fuzzing, tests); `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let (version, metadata, tensors) = parse(path, bytes)?;
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(path, e))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            version,
+            metadata,
+            tensors,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -193,6 +193,22 @@ impl SafetensorsFile {
         Self::from_map(path, Arc::new(map))
     }
 
+    /// A safetensors file held in memory (fuzzing, tests); `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(path, e))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
+        // The anonymous map may be longer than the data: parse only the data's bytes.
+        let (mut tensors, metadata) = parse_header(path, &map[..bytes.len()])?;
+        apply_quant_metadata(path, &mut tensors, &metadata)?;
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            tensors,
+            metadata,
+        })
+    }
+
     fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
         let (mut tensors, metadata) = parse_header(path, &map)?;
         apply_quant_metadata(path, &mut tensors, &metadata)?;

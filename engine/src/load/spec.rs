@@ -202,6 +202,14 @@ fn clip_processor(tower_dir: Option<&Path>, image_size: usize) -> Result<Process
 pub fn read_model_spec(dir: &Path) -> Result<ModelSpec> {
     let path = dir.join("config.json");
     let json = read_json(&path)?;
+    model_spec_from_json(dir, &json)
+}
+
+/// [`read_model_spec`] for a config already parsed (`dir` is where relative tower paths
+/// and generation_config.json are looked up).
+pub fn model_spec_from_json(dir: &Path, json: &Value) -> Result<ModelSpec> {
+    let path = dir.join("config.json");
+    let json = json.clone();
     let llm = parse_llm_config(&path, &json)?;
     let cfg = ConfigReader::new(&path, &json)?;
     let tower_name = cfg

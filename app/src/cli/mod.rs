@@ -64,7 +64,9 @@ pub struct ModelArgs {
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
     match DType::parse(s) {
-        Some(DType::BF16) | None => Err(format!("unknown format `{s}` (expected q4_0, q4_1, q8_0, f16 or f32)")),
+        Some(DType::BF16) | None => Err(format!(
+            "unknown format `{s}` (expected q4_0, q4_1, q8_0, f16 or f32)"
+        )),
         Some(d) => Ok(d),
     }
 }
@@ -88,11 +90,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Commands::Logits(a)) => logits::run(a),
         Some(Commands::Info(a)) => info::run(a),
         Some(Commands::EmbedImage(a)) => embed_image::run(a),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!("\n\nThe desktop app is not built yet; use a subcommand.");
-            Ok(())
-        }
+        None => pocketvlm::gui::run(),
     }
 }

@@ -693,6 +693,50 @@ fn snapshot_of_a_conversation() {
 }
 
 #[test]
+fn snapshot_of_the_drop_overlay() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The settings tab: the latency tab shows this process's memory, which varies.
+    std::fs::write(
+        tmp.path().join("settings.json"),
+        r#"{"version": 1, "inspector_tab": "Settings"}"#,
+    )
+    .unwrap();
+    let state = TestApp {
+        config: AppConfig {
+            data_dir: tmp.path().to_path_buf(),
+            scan_roots: vec![],
+        },
+        app: None,
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(900.0, 560.0))
+        .wgpu()
+        .build_ui_state(
+            |ui, s: &mut TestApp| {
+                let cfg = s.config.clone();
+                s.app
+                    .get_or_insert_with(|| PocketApp::new(ui.ctx(), cfg))
+                    .ui(ui)
+            },
+            state,
+        );
+    h.run();
+    h.input_mut().hovered_files.push(egui::HoveredFile {
+        path: Some(fixture("images/shapes_square.png")),
+        mime: "image/png".into(),
+    });
+    h.step();
+    assert!(app(&h).drop_hover);
+    if !require(
+        h.render().is_ok(),
+        "a wgpu adapter for snapshots (mesa-vulkan-drivers)",
+    ) {
+        return;
+    }
+    h.snapshot("drop_overlay");
+}
+
+#[test]
 fn the_model_picker_role_is_reachable() {
     // Every input in the model window has a name (kittest's accessibility check), and
     // every glyph it draws is in our fonts.

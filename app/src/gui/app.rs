@@ -466,7 +466,15 @@ impl PocketApp {
             Update::GenerateFailed(error) => {
                 self.pending = None;
                 self.inspector.dashboard.abort_turn();
-                self.notices.error(format!("The answer failed: {error}"));
+                let hint = if error.contains("context window") {
+                    " Start a new chat, edit your message to be shorter, or load the model with a longer context."
+                } else {
+                    ""
+                };
+                self.notices.error(format!(
+                    "The answer failed: {}.{hint}",
+                    error.trim_end_matches('.')
+                ));
             }
             Update::EngineDied => {
                 self.pending = None;
@@ -784,10 +792,17 @@ fn drop_overlay(ctx: &egui::Context) {
         egui::StrokeKind::Inside,
     );
     painter.text(
-        screen.center(),
+        screen.center() - egui::vec2(0.0, 16.0),
         egui::Align2::CENTER_CENTER,
-        "Drop images to attach them\n(or a model folder / .gguf to load it)",
-        egui::FontId::proportional(24.0),
+        "Drop images to attach them",
+        egui::FontId::proportional(26.0),
         egui::Color32::WHITE,
+    );
+    painter.text(
+        screen.center() + egui::vec2(0.0, 18.0),
+        egui::Align2::CENTER_CENTER,
+        "or a model folder / .gguf file to load it",
+        egui::FontId::proportional(16.0),
+        egui::Color32::from_gray(200),
     );
 }

@@ -161,12 +161,13 @@ impl ChatView {
                     }
                     return;
                 }
+                let text = displayable(&m.text);
                 if user {
-                    ui.add(egui::Label::new(&m.text).selectable(true).wrap());
+                    ui.add(egui::Label::new(text.as_ref()).selectable(true).wrap());
                 } else if m.text.is_empty() {
                     ui.weak("(no text)");
                 } else {
-                    CommonMarkViewer::new().show(ui, &mut self.markdown, &m.text);
+                    CommonMarkViewer::new().show(ui, &mut self.markdown, &text);
                 }
                 ui.horizontal(|ui| {
                     if let Some(metrics) = &m.metrics {
@@ -237,7 +238,7 @@ impl ChatView {
                     ui.weak(status);
                 });
                 if !p.text.is_empty() {
-                    CommonMarkViewer::new().show(ui, &mut self.markdown, &p.text);
+                    CommonMarkViewer::new().show(ui, &mut self.markdown, &displayable(&p.text));
                 }
             });
         ui.ctx()
@@ -274,6 +275,23 @@ impl ChatView {
             self.viewing = None;
         }
     }
+}
+
+/// Text as it can be drawn: line breaks as `\n` (a lone `\r` would move the text layout
+/// back to the start of the line), and no other control characters.
+pub fn displayable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    std::borrow::Cow::Owned(
+        text.chars()
+            .filter(|&c| !c.is_control() || c == '\n' || c == '\t')
+            .collect(),
+    )
 }
 
 /// Thumbnails of a message's images; a click opens the large view.
@@ -347,4 +365,18 @@ fn welcome(ui: &mut egui::Ui, model: &ModelState, actions: &mut Vec<Action>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::displayable;
+
+    #[test]
+    fn carriage_returns_become_line_breaks_and_controls_go() {
+        assert_eq!(displayable("a\r\nb\rc\u{7}d\te"), "a\nb\ncd\te");
+        assert!(matches!(
+            displayable("plain\ntext"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 }

@@ -192,7 +192,11 @@ impl Dashboard {
             .x_axis_label("s")
             .y_axis_label("tok/s")
             .show(ui, |p| {
-                p.line(Line::new("tok/s", points).fill(0.0));
+                p.line(
+                    Line::new("tok/s", points)
+                        .color(egui::Color32::from_rgb(80, 190, 120))
+                        .fill(0.0),
+                );
             });
 
         ui.add_space(6.0);
@@ -219,8 +223,13 @@ impl Dashboard {
             .include_y(0.0)
             .legend(Legend::default())
             .show(ui, |p| {
-                p.points(Points::new("decode tok/s", rate.clone()).radius(3.0));
-                p.line(Line::new("decode tok/s", rate));
+                let color = egui::Color32::from_rgb(80, 190, 120);
+                p.points(
+                    Points::new("decode tok/s", rate.clone())
+                        .radius(3.0)
+                        .color(color),
+                );
+                p.line(Line::new("decode tok/s", rate).color(color));
             });
         Plot::new("history-ttft")
             .height(90.0)
@@ -232,8 +241,13 @@ impl Dashboard {
             .include_y(0.0)
             .legend(Legend::default())
             .show(ui, |p| {
-                p.points(Points::new("first token ms", ttft.clone()).radius(3.0));
-                p.line(Line::new("first token ms", ttft));
+                let color = egui::Color32::from_rgb(90, 140, 230);
+                p.points(
+                    Points::new("first token ms", ttft.clone())
+                        .radius(3.0)
+                        .color(color),
+                );
+                p.line(Line::new("first token ms", ttft).color(color));
             });
 
         ui.add_space(6.0);

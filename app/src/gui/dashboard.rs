@@ -195,7 +195,7 @@ impl Dashboard {
                 p.line(
                     Line::new("tok/s", points)
                         .color(egui::Color32::from_rgb(80, 190, 120))
-                        .fill(0.0),
+                        .width(2.0),
                 );
             });
 

@@ -45,7 +45,8 @@ as_root() {
 }
 
 # Debian packages the tests need (installed only when absent).
-APT_PACKAGES=()
+# The GUI's snapshot test renders with wgpu on a software Vulkan driver (lavapipe).
+APT_PACKAGES=(mesa-vulkan-drivers libvulkan1)
 ensure_apt() {
     local need=()
     for p in "${APT_PACKAGES[@]}"; do

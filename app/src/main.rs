@@ -1,4 +1,4 @@
-//! `pocketvlm`: the desktop app (later) and its command-line tools.
+//! `pocketvlm`: the desktop app (no subcommand) and its command-line tools.
 
 mod cli;
 

@@ -16,11 +16,45 @@ pub struct TurnMetrics {
     /// Everything after the first token.
     pub decode_ms: f64,
     pub total_ms: f64,
+    /// Images in the prompt.
+    #[serde(default)]
+    pub images: usize,
+    /// Decoding the prompt's image files and preprocessing them (resize, crop, normalise).
+    #[serde(default)]
+    pub image_preprocess_ms: f64,
+    /// The vision tower over the prompt's images.
+    #[serde(default)]
+    pub vision_encode_ms: f64,
+    /// The projector from vision features to language-model embeddings.
+    #[serde(default)]
+    pub projector_ms: f64,
+    /// Bytes of weights the backend holds.
+    #[serde(default)]
+    pub weight_bytes: usize,
+    /// Bytes allocated for the KV cache.
+    #[serde(default)]
+    pub kv_cache_bytes: usize,
+    /// Resident memory of the whole process after the turn (`None` where the platform
+    /// does not tell).
+    #[serde(default)]
+    pub process_memory_bytes: Option<u64>,
+}
+
+/// How long one image encode spent in each part of the vision path.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EncodeTimes {
+    pub vision_ms: f64,
+    pub projector_ms: f64,
 }
 
 impl TurnMetrics {
     pub fn prefill_tok_s(&self) -> f64 {
         rate(self.prompt_tokens, self.prefill_ms)
+    }
+
+    /// All image work of the turn: preprocessing, vision tower, projector.
+    pub fn image_ms(&self) -> f64 {
+        self.image_preprocess_ms + self.vision_encode_ms + self.projector_ms
     }
 
     /// Tokens per second after the first token (which belongs to the prefill).
@@ -40,4 +74,37 @@ fn rate(n: usize, ms: f64) -> f64 {
 /// Milliseconds since `t`.
 pub fn ms_since(t: std::time::Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Resident set size of this process, in bytes (Linux: `VmRSS` of `/proc/self/status`).
+pub fn process_memory_bytes() -> Option<u64> {
+    if cfg!(target_os = "linux") {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_memory_is_reported_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(process_memory_bytes().is_some_and(|b| b > 0));
+        }
+    }
+
+    #[test]
+    fn metrics_from_older_files_still_read() {
+        let old = r#"{"prompt_tokens":3,"generated_tokens":2,"tokenize_ms":1.0,"prefill_ms":2.0,"ttft_ms":3.0,"decode_ms":4.0,"total_ms":7.0}"#;
+        let m: TurnMetrics = serde_json::from_str(old).unwrap();
+        assert_eq!(m.prompt_tokens, 3);
+        assert_eq!(m.images, 0);
+        assert_eq!(m.process_memory_bytes, None);
+    }
 }

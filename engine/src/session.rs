@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,7 @@ use crate::load::safetensors::Checkpoint;
 use crate::load::source::TensorSource;
 use crate::load::spec::read_model_spec;
 use crate::load::tokenizer::{Tokenizer, TokenizerPreference};
-use crate::metrics::ms_since;
+use crate::metrics::{TurnMetrics, ms_since, process_memory_bytes};
 use crate::model::spec::{Family, ImagePlaceholder, ModelSpec, PromptTemplate};
 use crate::model::vlm::{QuantPolicy, Vlm};
 use crate::model::{ImageId, Logits, Model, Segment};
@@ -82,6 +84,9 @@ pub struct ModelInfo {
     /// Whether the model takes images, and how many positions each one fills.
     pub image_tokens: Option<usize>,
     pub backend: String,
+    /// The GPU adapter the backend runs on (`None` on the CPU).
+    #[serde(default)]
+    pub adapter: Option<String>,
     pub has_chat_template: bool,
     /// Sampling settings recommended by the checkpoint's generation_config.json.
     pub default_sampling: SamplingParams,
@@ -165,13 +170,98 @@ fn default_sampling(dir: &Path) -> Result<SamplingParams> {
     Ok(p)
 }
 
+/// Receives load progress: a stage name and the fraction of the whole load done (0..=1).
+pub type LoadProgress<'a> = &'a mut (dyn FnMut(&str, f32) + Send);
+
+/// Stage names [`Session::load_with_progress`] reports.
+pub mod load_stage {
+    pub const READING_CONFIG: &str = "Reading config";
+    pub const LOADING_TOKENIZER: &str = "Loading tokenizer";
+    pub const OPENING_WEIGHTS: &str = "Opening weights";
+    pub const LOADING_WEIGHTS: &str = "Loading weights";
+    pub const READY: &str = "Ready";
+}
+
+/// Where the weight-loading stage starts and ends in the reported fraction.
+const WEIGHTS_FROM: f32 = 0.1;
+const WEIGHTS_TO: f32 = 0.98;
+
+/// A tensor source that reports how many of its tensors the model builder has read.
+struct ProgressSource<'a> {
+    inner: &'a dyn TensorSource,
+    total: usize,
+    read: AtomicUsize,
+    /// The last whole percentage reported, so a large model sends ~100 events, not thousands.
+    reported: AtomicUsize,
+    progress: Mutex<LoadProgress<'a>>,
+}
+
+impl<'a> ProgressSource<'a> {
+    fn new(inner: &'a dyn TensorSource, progress: LoadProgress<'a>) -> Self {
+        ProgressSource {
+            total: inner.names().len().max(1),
+            inner,
+            read: AtomicUsize::new(0),
+            reported: AtomicUsize::new(usize::MAX),
+            progress: Mutex::new(progress),
+        }
+    }
+
+    fn tick(&self) {
+        let read = self.read.fetch_add(1, Ordering::Relaxed) + 1;
+        let done = (read as f32 / self.total as f32).min(1.0);
+        let percent = (done * 100.0) as usize;
+        if self.reported.swap(percent, Ordering::Relaxed) != percent
+            && let Ok(mut report) = self.progress.lock()
+        {
+            report(
+                load_stage::LOADING_WEIGHTS,
+                WEIGHTS_FROM + done * (WEIGHTS_TO - WEIGHTS_FROM),
+            );
+        }
+    }
+}
+
+impl TensorSource for ProgressSource<'_> {
+    fn location(&self) -> &Path {
+        self.inner.location()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.shape(name)
+    }
+    fn tensor(&self, name: &str) -> Result<crate::tensor::HostTensor> {
+        let t = self.inner.tensor(name);
+        self.tick();
+        t
+    }
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.inner.path_of(name)
+    }
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+}
+
 impl Session {
-    /// Loads a Hugging Face checkpoint directory.
+    /// Loads a Hugging Face checkpoint directory or a GGUF file.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::load_with_progress(path, opts, &mut |_, _| {})
+    }
+
+    /// [`Session::load`], reporting its stages (see [`load_stage`]) as it goes.
+    pub fn load_with_progress(
+        path: &Path,
+        opts: &LoadOptions,
+        progress: LoadProgress,
+    ) -> Result<Self> {
         let start = Instant::now();
+        progress(load_stage::READING_CONFIG, 0.0);
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_file() && is_gguf(path) {
-            return Self::load_gguf(path, opts, start);
+            return Self::load_gguf(path, opts, start, progress);
         }
         if opts.mmproj.is_some() {
             return Err(Error::InvalidArgument(
@@ -191,12 +281,14 @@ impl Session {
             ));
         }
         let spec = read_model_spec(path)?;
+        progress(load_stage::LOADING_TOKENIZER, 0.03);
         // MobileVLM's reference code runs the slow SentencePiece tokenizer.
         let preference = match spec.family {
             Family::MobileVlm | Family::MobileVlmV2 => TokenizerPreference::SentencePiece,
             _ => TokenizerPreference::Auto,
         };
         let tokenizer = Tokenizer::from_dir_with(path, preference)?;
+        progress(load_stage::OPENING_WEIGHTS, 0.07);
         let ckpt = Checkpoint::open(path)?;
         let mut dtypes = BTreeMap::new();
         for name in ckpt.names() {
@@ -211,14 +303,21 @@ impl Session {
             dtypes,
             default_sampling: default_sampling(path)?,
         };
-        Self::finish_load(loaded, &ckpt, opts, start)
+        Self::finish_load(loaded, &ckpt, opts, start, progress)
     }
 
     /// An LLM GGUF file, plus the mmproj file of `opts` for a vision model.
-    fn load_gguf(path: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+    fn load_gguf(
+        path: &Path,
+        opts: &LoadOptions,
+        start: Instant,
+        progress: LoadProgress,
+    ) -> Result<Self> {
+        progress(load_stage::OPENING_WEIGHTS, 0.02);
         let file = GgufFile::open(path)?;
         let mmproj = opts.mmproj.as_deref().map(GgufFile::open).transpose()?;
         let spec = gguf_model::model_spec(&file, mmproj.as_ref())?;
+        progress(load_stage::LOADING_TOKENIZER, 0.05);
         let tokenizer = gguf_tokenizer::tokenizer(&file)?;
         let mut dtypes = BTreeMap::new();
         for f in std::iter::once(&file).chain(mmproj.as_ref()) {
@@ -245,7 +344,7 @@ impl Session {
             dtypes,
             default_sampling: SamplingParams::default(),
         };
-        Self::finish_load(loaded, &Sources(sources), opts, start)
+        Self::finish_load(loaded, &Sources(sources), opts, start, progress)
     }
 
     /// Builds the model on the chosen backend and the session around it.
@@ -254,6 +353,7 @@ impl Session {
         src: &dyn TensorSource,
         opts: &LoadOptions,
         start: Instant,
+        progress: LoadProgress,
     ) -> Result<Self> {
         let Loaded {
             path,
@@ -280,7 +380,10 @@ impl Session {
             llm: opts.quant,
             vision: opts.vision_quant,
         };
-        let model: Box<dyn Model> = Box::new(Vlm::load(backend, &spec, src, quant, context_len)?);
+        let model: Box<dyn Model> = {
+            let src = ProgressSource::new(src, &mut *progress);
+            Box::new(Vlm::load(backend, &spec, &src, quant, context_len)?)
+        };
 
         let mut stop_ids = cfg.eos_token_ids.clone();
         if let Some(id) = tokenizer
@@ -305,11 +408,13 @@ impl Session {
             vocab_size: cfg.vocab_size,
             image_tokens: model.image_tokens(),
             backend: model.backend_name(),
+            adapter: None,
             has_chat_template: spec.template != PromptTemplate::Jinja
                 || tokenizer.chat_template.is_some(),
             default_sampling,
             load_ms: ms_since(start),
         };
+        progress(load_stage::READY, 1.0);
         Ok(Session {
             model,
             tokenizer,
@@ -503,10 +608,12 @@ impl Session {
         let mut text = String::new();
         let tokenizer = &self.tokenizer;
         let stop_ids = &self.stop_ids;
-        let generation = with_segments(
+        let mut image_times = TurnMetrics::default();
+        let mut generation = with_segments(
             self.model.as_mut(),
             &self.spec,
             prompt,
+            &mut image_times,
             |model, segments| {
                 generate::generate(model, segments, params, stop_ids, cancelled, &mut |id| {
                     let piece = stream.push(tokenizer, id)?.unwrap_or_default();
@@ -521,6 +628,18 @@ impl Session {
             text.push_str(&tail);
             on_text(u32::MAX, &tail);
         }
+        // The images are encoded before the generation clock starts; from the caller's side
+        // they are part of the wait for the first token.
+        let m = &mut generation.metrics;
+        m.images = image_times.images;
+        m.image_preprocess_ms = image_times.image_preprocess_ms;
+        m.vision_encode_ms = image_times.vision_encode_ms;
+        m.projector_ms = image_times.projector_ms;
+        m.ttft_ms += m.image_ms();
+        m.total_ms += m.image_ms();
+        m.weight_bytes = self.model.weight_bytes();
+        m.kv_cache_bytes = self.model.kv_bytes();
+        m.process_memory_bytes = process_memory_bytes();
         Ok((generation, text))
     }
 
@@ -542,6 +661,7 @@ impl Session {
             self.model.as_mut(),
             &self.spec,
             prompt,
+            &mut TurnMetrics::default(),
             |model, segments| model.forward(segments, 0, Logits::All),
         )
     }
@@ -561,18 +681,35 @@ fn image_pixels(spec: &ModelSpec, path: &Path) -> Result<Vec<f32>> {
 }
 
 /// Encodes the prompt's images, runs `f` on the prompt as model segments, and releases the
-/// images whatever happens.
+/// images whatever happens. The image count and stage times are added to `times`.
 fn with_segments<T>(
     model: &mut dyn Model,
     spec: &ModelSpec,
     prompt: &Prompt,
+    times: &mut TurnMetrics,
     f: impl FnOnce(&mut dyn Model, &[Segment]) -> Result<T>,
 ) -> Result<T> {
     let mut ids = Vec::with_capacity(prompt.images.len());
     let mut encoded = Ok(());
     for path in &prompt.images {
-        match image_pixels(spec, path).and_then(|px| model.encode_image(&px)) {
-            Ok(id) => ids.push(id),
+        let start = Instant::now();
+        let pixels = image_pixels(spec, path);
+        times.image_preprocess_ms += ms_since(start);
+        let start = Instant::now();
+        let id = pixels.and_then(|px| model.encode_image(&px));
+        let encode_ms = ms_since(start);
+        match model.last_encode_times() {
+            Some(t) => {
+                times.vision_encode_ms += t.vision_ms;
+                times.projector_ms += t.projector_ms;
+            }
+            None => times.vision_encode_ms += encode_ms,
+        }
+        match id {
+            Ok(id) => {
+                times.images += 1;
+                ids.push(id)
+            }
             Err(e) => {
                 encoded = Err(e);
                 break;

@@ -36,6 +36,12 @@ pub enum Event {
     Loading {
         path: PathBuf,
     },
+    /// How far the load has come: a stage name (see [`crate::session::load_stage`]) and the
+    /// fraction of the whole load done, from 0 to 1.
+    LoadProgress {
+        stage: String,
+        fraction: f32,
+    },
     Loaded(ModelInfo),
     Unloaded,
     /// The prompt was tokenised; prefill starts.
@@ -103,6 +109,11 @@ impl Engine {
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
     }
+
+    /// Whether the engine thread is still running (it ends only on shutdown, or if it died).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 impl Drop for Engine {
@@ -168,7 +179,14 @@ impl Worker {
             Command::Load { path, options } => {
                 self.session = None;
                 self.emit(Event::Loading { path: path.clone() });
-                let session = Session::load(&path, &options)?;
+                let events = self.events.clone();
+                let session =
+                    Session::load_with_progress(&path, &options, &mut |stage, fraction| {
+                        let _ = events.send(Event::LoadProgress {
+                            stage: stage.to_string(),
+                            fraction,
+                        });
+                    })?;
                 self.emit(Event::Loaded(session.info().clone()));
                 self.session = Some(session);
             }

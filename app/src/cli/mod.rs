@@ -94,11 +94,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Commands::Info(a)) => info::run(a),
         Some(Commands::EmbedImage(a)) => embed_image::run(a),
         Some(Commands::Quantize(a)) => quantize::run(a),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!("\n\nThe desktop app is not built yet; use a subcommand.");
-            Ok(())
-        }
+        None => pocketvlm::gui::run(),
     }
 }

@@ -445,7 +445,8 @@ impl GgufFile {
     /// A GGUF file held in memory (fuzzing, tests); `path` only names it in errors.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
         let (version, metadata, tensors) = parse(path, bytes)?;
-        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(path, e))?;
+        let mut map =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(path, e))?;
         map[..bytes.len()].copy_from_slice(bytes);
         let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
         Ok(GgufFile {

@@ -195,7 +195,8 @@ impl SafetensorsFile {
 
     /// A safetensors file held in memory (fuzzing, tests); `path` only names it in errors.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(path, e))?;
+        let mut map =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(path, e))?;
         map[..bytes.len()].copy_from_slice(bytes);
         let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
         // The anonymous map may be longer than the data: parse only the data's bytes.

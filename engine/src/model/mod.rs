@@ -101,6 +101,11 @@ pub trait Model: Send {
     fn image_size(&self) -> Option<usize>;
     /// Runs the vision tower and projector on normalised CHW pixels and keeps the result.
     fn encode_image(&mut self, pixels: &[f32]) -> Result<ImageId>;
+    /// How the last [`Model::encode_image`] split its time between the vision tower and the
+    /// projector (`None` when the model does not measure it).
+    fn last_encode_times(&self) -> Option<crate::metrics::EncodeTimes> {
+        None
+    }
     /// The vision tower's selected-layer features for CHW pixels, `[tokens × width]`.
     fn vision_features(&mut self, pixels: &[f32]) -> Result<Vec<f32>>;
     /// The projected embedding rows of an encoded image, `[image_tokens × hidden]`.

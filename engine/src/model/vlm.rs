@@ -4,6 +4,7 @@
 //! in LLaVA's `prepare_inputs_labels_for_multimodal`.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use super::llm::{Decoder, PREFILL_CHUNK, load_decoder};
 use super::projector::Projector;
@@ -14,6 +15,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::load::safetensors::Checkpoint;
 use crate::load::source::TensorSource;
+use crate::metrics::{EncodeTimes, ms_since};
 use crate::model::config::LlmConfig;
 use crate::tensor::DType;
 
@@ -41,6 +43,7 @@ pub struct Vlm<B: Backend> {
     /// Input rows of the current chunk.
     x: B::Tensor,
     context_len: usize,
+    last_encode: Option<EncodeTimes>,
 }
 
 /// Opens the tower's weights: the main checkpoint when it carries them, else the tower's
@@ -124,6 +127,7 @@ impl<B: Backend> Vlm<B> {
             next_image: 0,
             x,
             context_len,
+            last_encode: None,
         })
     }
 
@@ -185,15 +189,26 @@ impl<B: Backend> Model for Vlm<B> {
 
     fn encode_image(&mut self, pixels: &[f32]) -> Result<ImageId> {
         let v = self.vision()?;
+        let start = Instant::now();
         let features = v.tower.forward(pixels)?;
+        let vision_ms = ms_since(start);
+        let start = Instant::now();
         let side = v.spec.tower.grid_side();
         let rows =
             v.projector
                 .forward(&self.be, &features, side, self.decoder.config().hidden_size)?;
+        self.last_encode = Some(EncodeTimes {
+            vision_ms,
+            projector_ms: ms_since(start),
+        });
         let id = ImageId(self.next_image);
         self.next_image += 1;
         self.images.insert(id, rows);
         Ok(id)
+    }
+
+    fn last_encode_times(&self) -> Option<EncodeTimes> {
+        self.last_encode
     }
 
     fn vision_features(&mut self, pixels: &[f32]) -> Result<Vec<f32>> {

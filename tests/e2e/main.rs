@@ -2,6 +2,7 @@
 
 mod bad_inputs;
 mod engine_thread;
+mod gpu;
 mod llama;
 mod pytorch_bin;
 mod tokenizer;

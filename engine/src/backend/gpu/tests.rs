@@ -256,7 +256,8 @@ fn rope_matches_both_layouts_and_partial_rotary() {
 fn attention_matches_on_decode_and_prefill_shapes() {
     for (name, be) in backends() {
         // (rows, pos0, heads, kv heads, head_dim, causal, window)
-        let cases: &[(usize, usize, usize, usize, usize, bool, Option<usize>)] = &[
+        type Case = (usize, usize, usize, usize, usize, bool, Option<usize>);
+        let cases: &[Case] = &[
             (1, 0, 4, 2, 8, true, None),
             (1, 150, 4, 4, 16, true, None),
             (1, 200, 2, 1, 80, true, Some(70)),

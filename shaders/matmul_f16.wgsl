@@ -8,15 +8,8 @@ fn w_quad(row: u32, k: u32) -> vec4<f32> {
     return vec4<f32>(a.x, a.y, b.x, b.y);
 }
 
-fn w_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    var r: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 8u; q = q + 1u) {
-        r[q] = w_quad(row, b * 32u + q * 4u);
-    }
-    return r;
-}
-
-// For matmul_tiled_f16.wgsl: the values themselves (f16 already) and a unit scale.
+// For matvec.wgsl and matmul_tiled_f16.wgsl: the values themselves (f16 already) and a
+// unit scale.
 fn w_raw_quad(row: u32, k: u32) -> vec4<f32> {
     return w_quad(row, k);
 }

@@ -6,11 +6,12 @@ fn w_quad(row: u32, k: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
 }
 
-// Elements 32·b .. 32·b + 32 of `row`, four at a time.
-fn w_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    var r: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 8u; q = q + 1u) {
-        r[q] = w_quad(row, b * 32u + q * 4u);
-    }
-    return r;
+
+// For matvec.wgsl: the values themselves and a unit scale.
+fn w_raw_quad(row: u32, k: u32) -> vec4<f32> {
+    return w_quad(row, k);
+}
+
+fn w_dm(row: u32, b: u32) -> vec2<f32> {
+    return vec2<f32>(1.0, 0.0);
 }

@@ -23,20 +23,8 @@ fn w_quad(row: u32, k: u32) -> vec4<f32> {
     return q4_values(word, select(0u, 4u, j >= 16u)) * w_scale(blk);
 }
 
-fn w_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let blk = row * P.kb + b;
-    let d = w_scale(blk);
-    var r: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 4u; q = q + 1u) {
-        let word = w[blk * 4u + q];
-        r[q] = q4_values(word, 0u) * d;
-        r[q + 4u] = q4_values(word, 4u) * d;
-    }
-    return r;
-}
-
-// For matmul_tiled_f16.wgsl: the integer codes q - 8 (exact in f16) and the block's (d, m),
-// value = code·d + m.
+// For matvec.wgsl and matmul_tiled_f16.wgsl: the integer codes q - 8 (exact in f16) and
+// the block's (d, m); value = code·d + m, the dequantisation formula itself.
 fn w_raw_quad(row: u32, k: u32) -> vec4<f32> {
     let blk = row * P.kb + k / 32u;
     let j = k % 32u;

@@ -16,20 +16,8 @@ fn w_quad(row: u32, k: u32) -> vec4<f32> {
     return q4_raw(word, select(0u, 4u, j >= 16u)) * dm.x + dm.y;
 }
 
-fn w_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let blk = row * P.kb + b;
-    let dm = unpack2x16float(w[P.w_soff + blk]);
-    var r: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 4u; q = q + 1u) {
-        let word = w[blk * 4u + q];
-        r[q] = q4_raw(word, 0u) * dm.x + dm.y;
-        r[q + 4u] = q4_raw(word, 4u) * dm.x + dm.y;
-    }
-    return r;
-}
-
-// For matmul_tiled_f16.wgsl: the integer codes q (exact in f16) and the block's (d, m),
-// value = code·d + m.
+// For matvec.wgsl and matmul_tiled_f16.wgsl: the integer codes q (exact in f16) and the
+// block's (d, m); value = code·d + m, the dequantisation formula itself.
 fn w_raw_quad(row: u32, k: u32) -> vec4<f32> {
     let blk = row * P.kb + k / 32u;
     let j = k % 32u;

@@ -18,18 +18,8 @@ fn w_quad(row: u32, k: u32) -> vec4<f32> {
     return q8_values(w[blk * 8u + (k % 32u) / 4u]) * w_scale(blk);
 }
 
-fn w_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let blk = row * P.kb + b;
-    let d = w_scale(blk);
-    var r: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 8u; q = q + 1u) {
-        r[q] = q8_values(w[blk * 8u + q]) * d;
-    }
-    return r;
-}
-
-// For matmul_tiled_f16.wgsl: the integer codes q (exact in f16) and the block's (d, m),
-// value = code·d + m.
+// For matvec.wgsl and matmul_tiled_f16.wgsl: the integer codes q (exact in f16) and the
+// block's (d, m); value = code·d + m, the dequantisation formula itself.
 fn w_raw_quad(row: u32, k: u32) -> vec4<f32> {
     let blk = row * P.kb + k / 32u;
     return q8_values(w[blk * 8u + (k % 32u) / 4u]);

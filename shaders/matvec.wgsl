@@ -1,8 +1,12 @@
 // out[t][col0 + n] = Σ_k x[t][k] · W[n][k] (+ bias) for a few activation rows (decode):
-// memory-bound, so every weight block is read once and dotted with all rows. One
-// workgroup per weight row; its threads stride over the row's 32-element blocks and the
-// partial sums meet in a workgroup reduction. Composed after a reduce_*.wgsl and a
-// matmul_<dtype>.wgsl file (which provides w_block); `MAX_T` comes from the prelude.
+// memory-bound, so every weight block is read once and dotted with all rows. A workgroup
+// takes four consecutive weight rows; its threads stride over the rows' 32-element blocks
+// and the four partial sums meet in one workgroup reduction (four rows per tree amortises
+// the barriers). Weights are read as codes and a per-block (d, m) — value = code·d + m, the
+// format's own dequantisation — so the scale is loaded once per block and no private
+// array is indexed dynamically (which would spill to scratch memory on GPUs). Composed
+// after a reduce_*.wgsl and a matmul_<dtype>.wgsl file (w_raw_quad, w_dm); `MAX_T`
+// (1 for decode, 8 for short prompts) comes from the prelude.
 
 struct Params {
     n: u32,
@@ -39,30 +43,40 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= P.n) {
+    let row0 = (wid.x + wid.y * nwg.x) * 4u;
+    if (row0 >= P.n) {
         return;
     }
-    var acc: array<f32, MAX_T>;
+    // acc[t][r]: activation row t against weight row row0 + r.
+    var acc: array<vec4<f32>, MAX_T>;
     for (var b = lid; b < P.kb; b = b + WG) {
-        var wb = w_block(row, b);
-        for (var t = 0u; t < P.t; t = t + 1u) {
-            var s = 0.0;
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            // Rows past the end repeat the last one; their sums are never written.
+            let row = min(row0 + r, P.n - 1u);
+            let dm = w_dm(row, b);
             for (var q = 0u; q < 8u; q = q + 1u) {
-                s = s + dot(wb[q], x_quad(t, b * 32u + q * 4u));
+                let k = b * 32u + q * 4u;
+                let wq = w_raw_quad(row, k) * dm.x + dm.y;
+                for (var t = 0u; t < P.t; t = t + 1u) {
+                    acc[t][r] = acc[t][r] + dot(wq, x_quad(t, k));
+                }
             }
-            acc[t] = acc[t] + s;
         }
     }
     for (var t = 0u; t < P.t; t = t + 1u) {
-        let s = wg_sum(acc[t], lid);
+        let s = wg_sum4(acc[t], lid);
         if (lid == 0u) {
-            let col = P.col0 + row;
-            var v = s;
-            if (P.has_bias != 0u) {
-                v = v + bias[col];
+            for (var r = 0u; r < 4u; r = r + 1u) {
+                let row = row0 + r;
+                if (row < P.n) {
+                    let col = P.col0 + row;
+                    var v = s[r];
+                    if (P.has_bias != 0u) {
+                        v = v + bias[col];
+                    }
+                    out[t * P.out_cols + col] = v;
+                }
             }
-            out[t * P.out_cols + col] = v;
         }
     }
 }

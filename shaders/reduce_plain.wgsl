@@ -4,6 +4,7 @@
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
+var<workgroup> red_v: array<vec4<f32>, WG>;
 
 fn wg_sum(v: f32, lid: u32) -> f32 {
     red_f[lid] = v;
@@ -15,6 +16,21 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
         workgroupBarrier();
     }
     let r = red_f[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Four independent sums at once (one tree for four rows of a matrix–vector product).
+fn wg_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
+    red_v[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red_v[lid] = red_v[lid] + red_v[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red_v[0];
     workgroupBarrier();
     return r;
 }

@@ -8,6 +8,7 @@ const RED_SLOTS: u32 = WG / 4u;
 
 var<workgroup> red_f: array<f32, RED_SLOTS>;
 var<workgroup> red_u: array<u32, RED_SLOTS>;
+var<workgroup> red_v: array<vec4<f32>, RED_SLOTS>;
 
 // Lanes in this invocation's subgroup (the whole workgroup when it is smaller than one).
 fn sg_lanes() -> u32 {
@@ -24,6 +25,21 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     var t = 0.0;
     for (var i = 0u; i < (WG + n - 1u) / n; i = i + 1u) {
         t = t + red_f[i];
+    }
+    workgroupBarrier();
+    return t;
+}
+
+fn wg_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
+    let s = subgroupAdd(v);
+    let n = sg_lanes();
+    if (lid % n == 0u) {
+        red_v[lid / n] = s;
+    }
+    workgroupBarrier();
+    var t = vec4<f32>(0.0);
+    for (var i = 0u; i < (WG + n - 1u) / n; i = i + 1u) {
+        t = t + red_v[i];
     }
     workgroupBarrier();
     return t;

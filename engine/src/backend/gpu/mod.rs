@@ -362,7 +362,16 @@ impl Backend for GpuBackend {
                 part.w_soff,
             ];
             let (kernel, groups) = if t <= shaders::MATVEC_MAX_ROWS {
-                (Kernel::Matvec(w.dtype), spread(part.rows))
+                let max_t = if t == 1 {
+                    1
+                } else {
+                    shaders::MATVEC_MAX_ROWS as u32
+                };
+                let kernel = Kernel::Matvec {
+                    dtype: w.dtype,
+                    max_t,
+                };
+                (kernel, spread(part.rows.div_ceil(4)))
             } else if self.ctx.variant.f16 && shaders::f16_tile_ok(w.dtype) {
                 (
                     Kernel::MatmulTiledF16(w.dtype),

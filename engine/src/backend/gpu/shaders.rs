@@ -93,7 +93,12 @@ const MATVEC_WG: u32 = 64;
 /// One compute kernel, specialised as far as the WGSL source needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    Matvec(DType),
+    /// Matrix–vector product for up to `max_t` activation rows (1 or
+    /// [`MATVEC_MAX_ROWS`]).
+    Matvec {
+        dtype: DType,
+        max_t: u32,
+    },
     MatmulTiled(DType),
     /// Tiled matmul with the weight tile in f16 workgroup memory (SHADER_F16 adapters,
     /// formats whose values f16 holds exactly).
@@ -143,7 +148,7 @@ impl Kernel {
     /// The op file (last in the module).
     fn main_file(self) -> &'static str {
         match self {
-            Kernel::Matvec(_) => "matvec.wgsl",
+            Kernel::Matvec { .. } => "matvec.wgsl",
             Kernel::MatmulTiled(_) => "matmul_tiled.wgsl",
             Kernel::MatmulTiledF16(_) => "matmul_tiled_f16.wgsl",
             Kernel::Embed(_) => "embed.wgsl",
@@ -177,7 +182,7 @@ impl Kernel {
     pub fn reduces(self) -> bool {
         matches!(
             self,
-            Kernel::Matvec(_)
+            Kernel::Matvec { .. }
                 | Kernel::RmsNorm
                 | Kernel::LayerNorm
                 | Kernel::AttnSplit
@@ -189,7 +194,7 @@ impl Kernel {
 
     fn weight_dtype(self) -> Option<DType> {
         match self {
-            Kernel::Matvec(d)
+            Kernel::Matvec { dtype: d, .. }
             | Kernel::MatmulTiled(d)
             | Kernel::MatmulTiledF16(d)
             | Kernel::Embed(d) => Some(d),
@@ -200,7 +205,7 @@ impl Kernel {
     /// Compile-time sizes the source expects.
     fn consts(self) -> String {
         match self {
-            Kernel::Matvec(_) => {
+            Kernel::Matvec { .. } => {
                 format!("const WG: u32 = {MATVEC_WG}u;\nconst MAX_T: u32 = {MATVEC_MAX_ROWS}u;\n")
             }
             Kernel::RmsNorm | Kernel::LayerNorm | Kernel::Softmax | Kernel::Argmax => {
@@ -220,7 +225,7 @@ impl Kernel {
     /// The bindings of group 0, in binding order.
     pub fn bindings(self) -> &'static [(u32, BindKind)] {
         match self {
-            Kernel::Matvec(_) | Kernel::MatmulTiled(_) | Kernel::MatmulTiledF16(_) => {
+            Kernel::Matvec { .. } | Kernel::MatmulTiled(_) | Kernel::MatmulTiledF16(_) => {
                 &[(0, Params), (1, Read), (2, Read), (3, Read), (4, ReadWrite)]
             }
             Kernel::Embed(_) => &[(0, Params), (1, Read), (2, ArenaRead), (3, ReadWrite)],
@@ -331,7 +336,10 @@ pub(crate) fn compose(k: Kernel, v: Variant) -> String {
 pub(crate) fn all_modules() -> Vec<(Kernel, Variant)> {
     let mut kernels = vec![];
     for d in WEIGHT_DTYPES {
-        kernels.extend([Kernel::Matvec(d), Kernel::MatmulTiled(d), Kernel::Embed(d)]);
+        for max_t in [1, MATVEC_MAX_ROWS as u32] {
+            kernels.push(Kernel::Matvec { dtype: d, max_t });
+        }
+        kernels.extend([Kernel::MatmulTiled(d), Kernel::Embed(d)]);
         if f16_tile_ok(d) {
             kernels.push(Kernel::MatmulTiledF16(d));
         }

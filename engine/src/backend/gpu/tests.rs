@@ -555,3 +555,89 @@ fn recorded_ops_are_submitted_once_per_readback() {
         assert!(id[0] < 100);
     }
 }
+
+/// Relative kernel timings (not a test): `cargo test --release -p pocketvlm-engine
+/// bench_kernels -- --ignored --nocapture`. Each GPU figure is the mean of 20 ops recorded
+/// into one submission (read back through a 1-value probe), so per-submission overhead is
+/// amortised.
+#[test]
+#[ignore]
+fn bench_kernels() {
+    use crate::backend::cpu::{CpuBackend, CpuTensor};
+    use std::time::Instant;
+
+    fn time<T>(reps: usize, mut op: impl FnMut(), sync: impl Fn() -> T) -> f64 {
+        op();
+        sync();
+        let t = Instant::now();
+        for _ in 0..reps {
+            op();
+        }
+        sync();
+        t.elapsed().as_secs_f64() * 1e3 / reps as f64
+    }
+
+    let cpu = CpuBackend::new(None).unwrap();
+    let (k, n) = (2048, 5632);
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::F16] {
+        let w = host(dtype, vec![n, k], &rand_vec(n * k, 1));
+        for t in [1, 128] {
+            let x = rand_vec(t * k, 2);
+            let cw = cpu.weight(w.clone()).unwrap();
+            let mut cx: CpuTensor = cpu.tensor(t, k);
+            cpu.write(&mut cx, &x);
+            let mut co = cpu.tensor(t, n);
+            let ms = time(5, || cpu.matmul(&cx, &cw, None, &mut co), || ());
+            eprintln!("matmul {dtype} {t}×{n}×{k}: cpu {ms:.2} ms");
+            for (name, be) in backends().iter().take(2) {
+                let gw = be.weight(w.clone()).unwrap();
+                let gx = upload(be, t, k, &x);
+                let mut go = be.tensor(t, n);
+                let probe = be.tensor(1, 1);
+                let ms = time(
+                    20,
+                    || be.matmul(&gx, &gw, None, &mut go),
+                    || be.read(&probe),
+                );
+                eprintln!("matmul {dtype} {t}×{n}×{k}: {name} {ms:.2} ms");
+            }
+        }
+    }
+    let (heads, hd, keys) = (32, 64, 1024);
+    let shape = AttentionShape {
+        n_heads: heads,
+        n_kv_heads: heads,
+        head_dim: hd,
+        scale: 0.125,
+        causal: true,
+        window: None,
+    };
+    for rows in [1, 128] {
+        let q = rand_vec(rows * heads * hd, 1);
+        let kv = rand_vec(keys * heads * hd, 2);
+        let pos0 = keys - rows;
+        let mut cq: CpuTensor = cpu.tensor(rows, heads * hd);
+        cpu.write(&mut cq, &q);
+        let mut ck = cpu.tensor(keys, heads * hd);
+        cpu.write(&mut ck, &kv);
+        let mut co = cpu.tensor(rows, heads * hd);
+        let ms = time(
+            5,
+            || cpu.attention(&cq, &ck, &ck, shape, pos0, &mut co),
+            || (),
+        );
+        eprintln!("attention {rows} rows × {keys} keys: cpu {ms:.2} ms");
+        for (name, be) in backends().iter().take(2) {
+            let gq = upload(be, rows, heads * hd, &q);
+            let gk = upload(be, keys, heads * hd, &kv);
+            let mut go = be.tensor(rows, heads * hd);
+            let probe = be.tensor(1, 1);
+            let ms = time(
+                20,
+                || be.attention(&gq, &gk, &gk, shape, pos0, &mut go),
+                || be.read(&probe),
+            );
+            eprintln!("attention {rows} rows × {keys} keys: {name} {ms:.2} ms");
+        }
+    }
+}

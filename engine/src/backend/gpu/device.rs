@@ -89,6 +89,11 @@ impl Pool {
         Some(b)
     }
 
+    /// Frees a buffer that will not be needed at its size again (a KV cache that grew).
+    pub fn discard(&mut self, b: wgpu::Buffer) {
+        self.evicted.push(b);
+    }
+
     pub fn give(&mut self, b: wgpu::Buffer) {
         let size = b.size();
         if self.idle_bytes + size > POOL_KEEP_BYTES {

@@ -210,7 +210,14 @@ impl Backend for GpuBackend {
         std::mem::swap(&mut t.buf, &mut bigger.buf);
         t.capacity = bigger.capacity;
         drop(st);
-        // `bigger` now holds the old buffer and returns it to the pool.
+        // The old, smaller buffer is freed rather than pooled: growth sizes rarely recur.
+        if let Some(old) = bigger.buf.take() {
+            self.ctx
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .discard(old);
+        }
     }
 
     fn write(&self, t: &mut GpuTensor, data: &[f32]) {

@@ -56,9 +56,14 @@ fn main(
     var qr: array<f32, HD>;
     var o: array<f32, HD>;
     var s: array<f32, TILE>;
+    // Loops over a head run to the compile-time HD (q is zero past head_dim, and so is
+    // the tile, which is never written there), and loops over a tile to TILE, so drivers
+    // can unroll them and keep qr, o and s in registers instead of scratch memory.
     if (live) {
-        for (var d = 0u; d < hd; d = d + 1u) {
-            qr[d] = q[t * q_cols + h * hd + d];
+        for (var d = 0u; d < HD; d = d + 1u) {
+            if (d < hd) {
+                qr[d] = q[t * q_cols + h * hd + d];
+            }
         }
     }
     var mine = vec2<u32>(0u, 0u);
@@ -81,11 +86,11 @@ fn main(
         }
         workgroupBarrier();
         var m_new = m;
-        for (var j = 0u; j < n; j = j + 1u) {
+        for (var j = 0u; j < TILE; j = j + 1u) {
             let key = k0 + j;
-            if (key >= mine.x && key < mine.y) {
+            if (j < n && key >= mine.x && key < mine.y) {
                 var acc = 0.0;
-                for (var d = 0u; d < hd; d = d + 1u) {
+                for (var d = 0u; d < HD; d = d + 1u) {
                     acc = acc + qr[d] * kv_s[j * HD + d];
                 }
                 s[j] = acc * P.scale;
@@ -94,13 +99,13 @@ fn main(
         }
         let corr = exp(m - m_new);
         l = l * corr;
-        for (var d = 0u; d < hd; d = d + 1u) {
+        for (var d = 0u; d < HD; d = d + 1u) {
             o[d] = o[d] * corr;
         }
         m = m_new;
-        for (var j = 0u; j < n; j = j + 1u) {
+        for (var j = 0u; j < TILE; j = j + 1u) {
             let key = k0 + j;
-            if (key >= mine.x && key < mine.y) {
+            if (j < n && key >= mine.x && key < mine.y) {
                 s[j] = exp(s[j] - m);
                 l = l + s[j];
             } else {
@@ -114,10 +119,10 @@ fn main(
             kv_s[j * HD + d] = v[(k0 + j) * kv_cols + kvh * hd + d];
         }
         workgroupBarrier();
-        for (var j = 0u; j < n; j = j + 1u) {
+        for (var j = 0u; j < TILE; j = j + 1u) {
             let p = s[j];
             if (p != 0.0) {
-                for (var d = 0u; d < hd; d = d + 1u) {
+                for (var d = 0u; d < HD; d = d + 1u) {
                     o[d] = o[d] + p * kv_s[j * HD + d];
                 }
             }

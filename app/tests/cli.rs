@@ -136,8 +136,13 @@ fn bad_input_exits_non_zero_with_one_line() {
         ],
     ];
     for args in cases {
+        // No GPU adapter for these runs (no Vulkan driver, no GL fallback): `--backend gpu`
+        // must then fail with one line.
         let out = Command::new(env!("CARGO_BIN_EXE_pocketvlm"))
             .args(&args)
+            .env("WGPU_BACKEND", "vulkan")
+            .env("VK_ICD_FILENAMES", "/nonexistent.json")
+            .env("VK_DRIVER_FILES", "/nonexistent.json")
             .output()
             .unwrap();
         let err = text(&out.stderr);

@@ -84,6 +84,10 @@ pub enum Error {
     #[error("prompt is {prompt} tokens but the context window holds {context}")]
     ContextOverflow { prompt: usize, context: usize },
 
+    /// `--backend gpu` was asked for and no usable GPU adapter/device exists.
+    #[error("GPU backend unavailable: {0}")]
+    GpuUnavailable(String),
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 

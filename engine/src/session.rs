@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::{GpuBackend, GpuOptions};
 use crate::chat::{Message, templates};
 use crate::error::{Error, Result};
 use crate::generate::{self, Generation, SamplingParams, TextStream};
@@ -84,6 +85,9 @@ pub struct ModelInfo {
     /// Whether the model takes images, and how many positions each one fills.
     pub image_tokens: Option<usize>,
     pub backend: String,
+    /// With `BackendKind::Auto`: the decode-step timings that chose the backend.
+    #[serde(default)]
+    pub auto_choice: Option<String>,
     /// The GPU adapter the backend runs on (`None` on the CPU).
     #[serde(default)]
     pub adapter: Option<String>,
@@ -362,14 +366,6 @@ impl Session {
             dtypes,
             default_sampling,
         } = loaded;
-        let backend = match opts.backend {
-            BackendKind::Cpu | BackendKind::Auto => CpuBackend::new(opts.threads)?,
-            BackendKind::Gpu => {
-                return Err(Error::InvalidArgument(
-                    "the GPU backend is not available in this build; use --backend cpu".into(),
-                ));
-            }
-        };
         let cfg = &spec.llm;
         let context_len = opts
             .context_len
@@ -380,9 +376,14 @@ impl Session {
             llm: opts.quant,
             vision: opts.vision_quant,
         };
-        let model: Box<dyn Model> = {
-            let src = ProgressSource::new(src, &mut *progress);
-            Box::new(Vlm::load(backend, &spec, &src, quant, context_len)?)
+        // Weight progress counts tensors as the model reads them (twice for `auto`, which
+        // builds the model on both backends).
+        let src = ProgressSource::new(src, &mut *progress);
+        let load = |kind| load_model(kind, opts, &spec, &src, quant, context_len);
+        let (model, auto_note) = match opts.backend {
+            BackendKind::Cpu => (load(BackendKind::Cpu)?, None),
+            BackendKind::Gpu => (load(BackendKind::Gpu)?, None),
+            BackendKind::Auto => pick_faster(load(BackendKind::Gpu), load(BackendKind::Cpu)?)?,
         };
 
         let mut stop_ids = cfg.eos_token_ids.clone();
@@ -407,8 +408,12 @@ impl Session {
             context_len,
             vocab_size: cfg.vocab_size,
             image_tokens: model.image_tokens(),
+            adapter: model
+                .backend_name()
+                .strip_prefix("gpu: ")
+                .map(str::to_string),
             backend: model.backend_name(),
-            adapter: None,
+            auto_choice: auto_note,
             has_chat_template: spec.template != PromptTemplate::Jinja
                 || tokenizer.chat_template.is_some(),
             default_sampling,
@@ -670,6 +675,70 @@ impl Session {
     pub fn is_vision_model(&self) -> bool {
         self.spec.family != Family::TextOnly
     }
+}
+
+/// Loads the model on the CPU or the GPU backend (`kind` is not `Auto`).
+fn load_model(
+    kind: BackendKind,
+    opts: &LoadOptions,
+    spec: &ModelSpec,
+    src: &dyn TensorSource,
+    quant: QuantPolicy,
+    context_len: usize,
+) -> Result<Box<dyn Model>> {
+    Ok(match kind {
+        BackendKind::Gpu => {
+            let be = GpuBackend::new(&GpuOptions::default())?;
+            Box::new(Vlm::load(be, spec, src, quant, context_len)?)
+        }
+        _ => {
+            let be = CpuBackend::new(opts.threads)?;
+            Box::new(Vlm::load(be, spec, src, quant, context_len)?)
+        }
+    })
+}
+
+/// Milliseconds of one decode step (greedy, at position 0), the median of three after a
+/// warm-up step that builds the GPU pipelines. The KV entry it writes is overwritten by
+/// the next prompt, which starts at position 0.
+fn time_decode_step(model: &mut dyn Model) -> Result<f64> {
+    model.forward_argmax(&[Segment::Tokens(&[0])], 0)?;
+    let mut ms = [0.0; 3];
+    for m in &mut ms {
+        let t = Instant::now();
+        model.forward_argmax(&[Segment::Tokens(&[0])], 0)?;
+        *m = ms_since(t);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[1])
+}
+
+/// `--backend auto`: the model on the backend with the faster decode step, and a note
+/// with both timings. Without a usable GPU the CPU model is kept and the reason logged.
+fn pick_faster(
+    gpu: Result<Box<dyn Model>>,
+    mut cpu: Box<dyn Model>,
+) -> Result<(Box<dyn Model>, Option<String>)> {
+    let mut gpu = match gpu {
+        Ok(m) => m,
+        Err(e) => {
+            log::info!("backend auto: using the CPU ({e})");
+            return Ok((cpu, Some(format!("auto: {e}; using the CPU"))));
+        }
+    };
+    let gpu_ms = time_decode_step(gpu.as_mut())?;
+    let cpu_ms = time_decode_step(cpu.as_mut())?;
+    let note = format!(
+        "auto: decode step {gpu_ms:.2} ms on {} vs {cpu_ms:.2} ms on {}",
+        gpu.backend_name(),
+        cpu.backend_name()
+    );
+    log::info!("backend {note}");
+    Ok(if gpu_ms < cpu_ms {
+        (gpu, Some(note))
+    } else {
+        (cpu, Some(note))
+    })
 }
 
 /// The normalised CHW pixels a model's vision tower gets for an image file.

@@ -3,6 +3,7 @@
 mod bad_inputs;
 mod engine_thread;
 mod gguf;
+mod gpu;
 mod image;
 mod llama;
 mod pytorch_bin;

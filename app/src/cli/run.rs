@@ -71,6 +71,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             _ => {}
         }
     };
+    if let Some(choice) = &info.auto_choice {
+        eprintln!("backend auto: {choice}");
+    }
     eprintln!(
         "loaded {} ({} params, {}) in {:.0} ms on {}",
         info.family,

@@ -555,6 +555,9 @@ pub fn model_card(ui: &mut egui::Ui, info: &ModelInfo, loaded_with: Option<&Load
                     },
                 );
                 row(ui, "Backend", info.backend.clone());
+                if let Some(choice) = &info.auto_choice {
+                    row(ui, "Auto choice", choice.clone());
+                }
                 row(
                     ui,
                     "Adapter",

@@ -186,12 +186,18 @@ fn model_section(ui: &mut egui::Ui, model: &ModelState, actions: &mut Vec<Action
         }
         ModelState::Ready(info) => {
             ui.label(egui::RichText::new(short_name(&info.path)).strong());
-            ui.weak(format!(
-                "{} · {} params · {}",
-                info.family,
-                format::count(info.params),
-                info.backend
-            ));
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(format!(
+                        "{} · {} params · {}",
+                        info.family,
+                        format::count(info.params),
+                        info.backend
+                    ))
+                    .weak(),
+                )
+                .truncate(),
+            );
         }
     }
     ui.add_space(4.0);

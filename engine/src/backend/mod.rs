@@ -2,8 +2,8 @@
 //!
 //! The [`Backend`] trait is the list of ops the models are written in: it says *what* is
 //! computed (shapes, semantics). Each backend says *how*, in its own module: `cpu` (a scalar
-//! reference for every op plus the fast paths), and later a wgpu backend. Models are generic
-//! over the backend and never see a kernel, a thread or a GPU buffer.
+//! reference for every op plus the fast paths) and `gpu` (wgpu compute shaders). Models are
+//! generic over the backend and never see a kernel, a thread or a GPU buffer.
 //!
 //! Tensors are f32 activations, row-major `[rows, cols]`, allocated with a row capacity and
 //! used with a current row count (so a decode step reuses the prefill buffers). Image-shaped
@@ -12,6 +12,7 @@
 //! convert inside the dot product.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::Result;
 use crate::model::config::RopeStyle;
@@ -204,4 +205,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
         out_grid: Grid,
         out: &mut Self::Tensor,
     );
+    /// Softmax of each row, in place.
+    fn softmax(&self, x: &mut Self::Tensor);
+    /// The index of the largest value of each row, read back to the host: the first one on
+    /// ties, NaN and −∞ counting as the lowest finite value. Greedy decoding reads these ids
+    /// instead of the logits (on a GPU: 4 bytes instead of the vocabulary).
+    fn argmax(&self, x: &Self::Tensor) -> Vec<u32>;
 }

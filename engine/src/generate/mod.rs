@@ -77,21 +77,28 @@ pub fn generate(
         })
     };
 
+    // Greedy decoding without a penalty needs only the argmax, which the backend computes
+    // where the logits are (a GPU then reads back one id, not the vocabulary).
+    let argmax_only = params.temperature == 0.0 && params.repetition_penalty == 1.0;
+
     // Prefill, chunk by chunk so that a cancel is honoured between chunks.
-    let mut logits = Vec::new();
+    let mut last = Step::Id(0);
     let mut pos = 0;
     for piece in split_segments(prompt, PREFILL_CHUNK) {
         if cancelled() {
             return finish(out, StopReason::Cancelled, metrics);
         }
-        logits = model.forward(&piece, pos, Logits::Last)?;
+        last = Step::run(model, &piece, pos, argmax_only)?;
         pos += piece.iter().map(Segment::len).sum::<usize>();
     }
     metrics.prefill_ms = ms_since(start);
 
     let decode_start = Instant::now();
     loop {
-        let next = sampler.sample(&mut logits, &all);
+        let next = match &mut last {
+            Step::Id(id) => *id,
+            Step::Logits(logits) => sampler.sample(logits, &all),
+        };
         if out.is_empty() {
             metrics.ttft_ms = ms_since(start);
         }
@@ -116,8 +123,31 @@ pub fn generate(
             metrics.decode_ms = ms_since(decode_start);
             return finish(out, stop, metrics);
         }
-        logits = model.forward(&[Segment::Tokens(&[next])], pos, Logits::Last)?;
+        last = Step::run(model, &[Segment::Tokens(&[next])], pos, argmax_only)?;
         pos += 1;
+    }
+}
+
+/// What one forward pass of the generation loop returns.
+enum Step {
+    /// The next token, chosen by the backend (greedy).
+    Id(u32),
+    /// The last position's logits, for the sampler.
+    Logits(Vec<f32>),
+}
+
+impl Step {
+    fn run(
+        model: &mut dyn Model,
+        input: &[Segment],
+        pos: usize,
+        argmax_only: bool,
+    ) -> Result<Step> {
+        Ok(if argmax_only {
+            Step::Id(model.forward_argmax(input, pos)?)
+        } else {
+            Step::Logits(model.forward(input, pos, Logits::Last)?)
+        })
     }
 }
 

@@ -114,6 +114,13 @@ pub trait Model: Send {
     /// Runs `input` at positions `pos0..`, appending to the KV cache (entries past `pos0`
     /// are replaced), and returns the requested logits.
     fn forward(&mut self, input: &[Segment], pos0: usize, logits: Logits) -> Result<Vec<f32>>;
+    /// [`Model::forward`] for greedy decoding: the argmax id of the last position's logits
+    /// (first on ties). Backends compute it where the logits are, so a GPU reads back one id
+    /// instead of the vocabulary.
+    fn forward_argmax(&mut self, input: &[Segment], pos0: usize) -> Result<u32> {
+        let logits = self.forward(input, pos0, Logits::Last)?;
+        Ok(crate::backend::cpu::scalar::argmax(&logits))
+    }
     /// Positions the KV cache can hold.
     fn context_len(&self) -> usize;
     /// Bytes of weights held by the backend.

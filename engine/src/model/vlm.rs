@@ -174,6 +174,29 @@ impl<B: Backend> Vlm<B> {
     }
 }
 
+impl<B: Backend> Vlm<B> {
+    /// Lays one chunk's tokens and image rows into `x` and runs it through the decoder at
+    /// positions `pos..`; returns its row count.
+    fn run_chunk(&mut self, chunk: &[Segment], pos: usize) -> usize {
+        let n: usize = chunk.iter().map(Segment::len).sum();
+        self.be.set_rows(&mut self.x, n);
+        let mut row = 0;
+        for seg in chunk {
+            match seg {
+                Segment::Tokens(t) => self.decoder.embed(t, &mut self.x, row),
+                Segment::Image { id, rows } => {
+                    let img = &self.images[id];
+                    self.be
+                        .copy_rows(img, rows.start, rows.len(), &mut self.x, row);
+                }
+            }
+            row += seg.len();
+        }
+        self.decoder.forward(&mut self.x, pos);
+        n
+    }
+}
+
 impl<B: Backend> Model for Vlm<B> {
     fn llm_config(&self) -> &LlmConfig {
         self.decoder.config()
@@ -233,31 +256,30 @@ impl<B: Backend> Model for Vlm<B> {
         let mut out = Vec::new();
         let mut pos = pos0;
         for (i, chunk) in chunks.iter().enumerate() {
-            let n: usize = chunk.iter().map(Segment::len).sum();
-            self.be.set_rows(&mut self.x, n);
-            let mut row = 0;
-            for seg in chunk {
-                match seg {
-                    Segment::Tokens(t) => self.decoder.embed(t, &mut self.x, row),
-                    Segment::Image { id, rows } => {
-                        let img = &self.images[id];
-                        self.be
-                            .copy_rows(img, rows.start, rows.len(), &mut self.x, row);
-                    }
-                }
-                row += seg.len();
-            }
-            self.decoder.forward(&mut self.x, pos);
+            let n = self.run_chunk(chunk, pos);
             pos += n;
             match logits {
-                Logits::All => out.extend(self.decoder.logits(&self.x, 0, n)),
+                Logits::All => out.extend(self.be.read(self.decoder.logits(&self.x, 0, n))),
                 Logits::Last if i + 1 == chunks.len() => {
-                    out = self.decoder.logits(&self.x, n - 1, 1)
+                    out = self.be.read(self.decoder.logits(&self.x, n - 1, 1))
                 }
                 Logits::Last => {}
             }
         }
         Ok(out)
+    }
+
+    fn forward_argmax(&mut self, input: &[Segment], pos0: usize) -> Result<u32> {
+        self.validate(input, pos0)?;
+        let chunks = super::split_segments(input, PREFILL_CHUNK);
+        let mut pos = pos0;
+        let mut n = 0;
+        for chunk in &chunks {
+            n = self.run_chunk(chunk, pos);
+            pos += n;
+        }
+        let logits = self.decoder.logits(&self.x, n - 1, 1);
+        Ok(self.be.argmax(logits)[0])
     }
 
     fn context_len(&self) -> usize {

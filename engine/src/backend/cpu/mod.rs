@@ -343,6 +343,22 @@ impl Backend for CpuBackend {
         self.set_rows(out, out_grid.cells());
         scalar::adaptive_avg_pool(x.as_slice(), x.cols, grid, out_grid, out.as_mut_slice());
     }
+
+    fn softmax(&self, x: &mut CpuTensor) {
+        let cols = x.cols;
+        self.pool.install(|| {
+            x.as_mut_slice()
+                .par_chunks_mut(cols.max(1))
+                .for_each(scalar::softmax);
+        });
+    }
+
+    fn argmax(&self, x: &CpuTensor) -> Vec<u32> {
+        x.as_slice()
+            .chunks_exact(x.cols.max(1))
+            .map(scalar::argmax)
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -151,6 +151,25 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// The index of the largest value, the first one on ties (torch.argmax); NaN and −∞
+/// count as the lowest finite value, so a row of them gives 0.
+pub fn argmax(x: &[f32]) -> u32 {
+    let key = |v: f32| {
+        if v.is_nan() || v < f32::MIN {
+            f32::MIN
+        } else {
+            v
+        }
+    };
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if key(v) > key(x[best]) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// One activation value, with the formulas PyTorch uses.
 pub fn activation(act: Activation, x: f32) -> f32 {
     match act {

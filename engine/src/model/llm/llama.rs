@@ -225,14 +225,14 @@ impl<B: Backend> Decoder<B> for Llama<B> {
         }
     }
 
-    fn logits(&mut self, x: &B::Tensor, start: usize, count: usize) -> Vec<f32> {
+    fn logits(&mut self, x: &B::Tensor, start: usize, count: usize) -> &B::Tensor {
         let (be, s) = (&self.be, &mut self.s);
         be.set_rows(&mut s.last, count);
         be.copy_rows(x, start, count, &mut s.last, 0);
         be.rms_norm(&s.last, &self.norm, self.cfg.norm_eps, &mut s.normed);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         be.matmul(&s.normed, head, None, &mut s.logits);
-        be.read(&s.logits)
+        &s.logits
     }
 
     fn weight_bytes(&self) -> usize {

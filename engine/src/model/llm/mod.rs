@@ -22,8 +22,9 @@ pub trait Decoder<B: Backend>: Send {
     /// Runs the rows of `x` (at most [`PREFILL_CHUNK`], at positions `pos0..`) through
     /// every layer in place, storing their keys and values in the cache.
     fn forward(&mut self, x: &mut B::Tensor, pos0: usize);
-    /// Final norm and output head over rows `start..start + count` of `x`.
-    fn logits(&mut self, x: &B::Tensor, start: usize, count: usize) -> Vec<f32>;
+    /// Final norm and output head over rows `start..start + count` of `x`; the logits stay
+    /// on the backend (the caller reads them, or only their argmax).
+    fn logits(&mut self, x: &B::Tensor, start: usize, count: usize) -> &B::Tensor;
     fn weight_bytes(&self) -> usize;
     /// Bytes of KV cache in use.
     fn kv_bytes(&self) -> usize;

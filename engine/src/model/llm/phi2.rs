@@ -181,7 +181,7 @@ impl<B: Backend> Decoder<B> for Phi2<B> {
         }
     }
 
-    fn logits(&mut self, x: &B::Tensor, start: usize, count: usize) -> Vec<f32> {
+    fn logits(&mut self, x: &B::Tensor, start: usize, count: usize) -> &B::Tensor {
         let (be, s) = (&self.be, &mut self.s);
         be.set_rows(&mut s.last, count);
         be.copy_rows(x, start, count, &mut s.last, 0);
@@ -193,7 +193,7 @@ impl<B: Backend> Decoder<B> for Phi2<B> {
             &mut s.normed,
         );
         self.lm_head.forward(be, &s.normed, &mut s.logits);
-        be.read(&s.logits)
+        &s.logits
     }
 
     fn weight_bytes(&self) -> usize {

@@ -91,6 +91,14 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// The model would not fit in memory; `detail` says why and what to try.
+    #[error("not enough memory to load this model: {detail}")]
+    OutOfMemory {
+        needed: u64,
+        available: u64,
+        detail: String,
+    },
+
     #[error("no model is loaded")]
     NoModel,
 

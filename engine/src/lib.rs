@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod image;
 pub mod load;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod quant;

@@ -34,7 +34,43 @@ fn is_vision(name: &str) -> bool {
     name.starts_with("model.vision_tower.") || name.starts_with("model.mm_projector.")
 }
 
-/// The format `name` is stored in after quantisation to `llm` / `vision`.
+/// The format a tensor of `shape` stored as `stored` ends up in when `llm` / `vision`
+/// formats are asked for (`None` when it is kept as stored), and the shape it is used with.
+pub fn planned_format(
+    name: &str,
+    shape: &[usize],
+    stored: DType,
+    llm: Option<DType>,
+    vision: Option<DType>,
+    tied: bool,
+) -> (Option<DType>, Vec<usize>) {
+    let kept_as_stored = name.ends_with("position_embedding.weight")
+        || name.ends_with("patch_embedding.weight")
+        || !name.ends_with(".weight");
+    let squeezed: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+    let is_pointwise = shape.len() == 4 && squeezed.len() == 2 && shape[2..] == [1, 1];
+    if kept_as_stored || (shape.len() != 2 && !is_pointwise) {
+        return (None, shape.to_vec());
+    }
+    let shape = if is_pointwise {
+        squeezed
+    } else {
+        shape.to_vec()
+    };
+    let target = if is_vision(name) { vision } else { llm };
+    let is_head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
+    let target = match target {
+        Some(DType::Q4_0 | DType::Q4_1) if is_head && stored.is_quantized() => None,
+        Some(DType::Q4_0 | DType::Q4_1) if is_head => Some(DType::Q8_0),
+        other => other,
+    };
+    // Rows that are not whole blocks keep their format (see `convert_matrix`).
+    let cols = shape.last().copied().unwrap_or(1);
+    let target = target.filter(|t| cols.is_multiple_of(t.block_size()));
+    (target, shape)
+}
+
+/// The tensor `name` as stored after quantisation to `llm` / `vision`.
 fn convert(
     name: &str,
     t: HostTensor,
@@ -42,26 +78,12 @@ fn convert(
     vision: Option<DType>,
     tied: bool,
 ) -> HostTensor {
-    let kept_as_stored = name.ends_with("position_embedding.weight")
-        || name.ends_with("patch_embedding.weight")
-        || !name.ends_with(".weight");
-    if kept_as_stored {
-        return t;
+    let (target, shape) = planned_format(name, &t.shape, t.dtype, llm, vision, tied);
+    match target {
+        None if shape == t.shape => t,
+        None => t.reshape(shape),
+        Some(_) => convert_matrix(t.reshape(shape), target),
     }
-    let squeezed: Vec<usize> = t.shape.iter().copied().filter(|&d| d != 1).collect();
-    let is_pointwise = t.shape.len() == 4 && squeezed.len() == 2 && t.shape[2..] == [1, 1];
-    if t.shape.len() != 2 && !is_pointwise {
-        return t;
-    }
-    let t = if is_pointwise { t.reshape(squeezed) } else { t };
-    let target = if is_vision(name) { vision } else { llm };
-    let is_head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
-    let target = match target {
-        Some(DType::Q4_0 | DType::Q4_1) if is_head && t.dtype.is_quantized() => None,
-        Some(DType::Q4_0 | DType::Q4_1) if is_head => Some(DType::Q8_0),
-        other => other,
-    };
-    convert_matrix(t, target)
 }
 
 /// Copies everything but weight files from `src` to `dst` (configs, tokenizer, a local

@@ -66,6 +66,10 @@ pub struct LoadOptions {
     pub vision_quant: Option<DType>,
     /// A llama.cpp CLIP projector file to pair with a GGUF language model (MobileVLM).
     pub mmproj: Option<PathBuf>,
+    /// Memory the load may use, in bytes (default: `POCKETVLM_MEMORY_LIMIT`, else what
+    /// the system reports available); a model estimated to need more is refused.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
 }
 
 /// What the UI and `pocketvlm info` show about a loaded model.
@@ -247,6 +251,9 @@ impl TensorSource for ProgressSource<'_> {
     fn names(&self) -> Vec<String> {
         self.inner.names()
     }
+    fn stored_bytes(&self, name: &str) -> Option<u64> {
+        self.inner.stored_bytes(name)
+    }
 }
 
 impl Session {
@@ -376,6 +383,12 @@ impl Session {
             llm: opts.quant,
             vision: opts.vision_quant,
         };
+        if let Some(available) = opts.memory_limit.or_else(crate::memory::available_bytes) {
+            let needed =
+                crate::memory::estimate(&spec, src, opts.quant, opts.vision_quant, context_len);
+            let quantised = opts.quant.is_some_and(|q| q.is_quantized());
+            crate::memory::check(needed, available, quantised, context_len)?;
+        }
         // Weight progress counts tensors as the model reads them (twice for `auto`, which
         // builds the model on both backends).
         let src = ProgressSource::new(src, &mut *progress);

@@ -209,3 +209,54 @@ fn prompt_longer_than_the_context_is_refused() {
         }
     }
 }
+
+#[test]
+fn a_model_too_big_for_memory_is_refused_with_advice() {
+    let mut engine = Engine::spawn();
+    // The fixture needs a few hundred KiB: a 64 KiB limit must be refused before any
+    // weights are built, with a suggestion, and the engine must load the same model fine
+    // once the limit is lifted.
+    engine
+        .send(Command::Load {
+            path: fixture("llama_mha"),
+            options: LoadOptions {
+                memory_limit: Some(64 << 10),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+    loop {
+        match next(engine.events()) {
+            Event::Error(e @ Error::OutOfMemory { .. }) => {
+                let Error::OutOfMemory {
+                    needed, available, ..
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(*available, 64 << 10);
+                assert!(*needed > *available);
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("64.00 KiB is available") && msg.contains("--quant q4_0"),
+                    "{msg}"
+                );
+                break;
+            }
+            Event::Loading { .. } | Event::LoadProgress { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    load(&mut engine, "llama_mha");
+    engine.send(Command::Generate(request(2))).unwrap();
+    loop {
+        match next(engine.events()) {
+            Event::Finished { metrics, .. } => {
+                assert_eq!(metrics.generated_tokens, 2);
+                break;
+            }
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+}

@@ -83,6 +83,7 @@ impl ModelArgs {
             quant: self.quant,
             vision_quant: self.vision_quant,
             mmproj: self.mmproj.clone(),
+            ..Default::default()
         }
     }
 }

@@ -146,6 +146,10 @@ impl TensorSource for GgufSource {
     fn names(&self) -> Vec<String> {
         self.names.keys().cloned().collect()
     }
+    fn stored_bytes(&self, name: &str) -> Option<u64> {
+        let t = self.file.tensors.get(self.names.get(name)?)?;
+        Some((t.end - t.start) as u64)
+    }
 }
 
 /// Several sources searched in order (an LLM GGUF and its mmproj).
@@ -182,6 +186,9 @@ impl TensorSource for Sources {
     }
     fn names(&self) -> Vec<String> {
         self.0.iter().flat_map(|s| s.names()).collect()
+    }
+    fn stored_bytes(&self, name: &str) -> Option<u64> {
+        self.find(name)?.stored_bytes(name)
     }
 }
 

@@ -18,6 +18,10 @@ pub trait TensorSource: Sync {
     /// The file that holds `name`, for messages.
     fn path_of(&self, name: &str) -> PathBuf;
     fn names(&self) -> Vec<String>;
+    /// Bytes `name` takes in the file (for the memory estimate), where known.
+    fn stored_bytes(&self, _name: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// Shapes equal once size-1 dimensions are dropped (a `[c, 1, 3, 3]` conv kernel that a
@@ -68,6 +72,9 @@ impl TensorSource for Checkpoint {
     }
     fn names(&self) -> Vec<String> {
         Checkpoint::names(self).map(str::to_string).collect()
+    }
+    fn stored_bytes(&self, name: &str) -> Option<u64> {
+        self.entry(name).map(|e| (e.end - e.start) as u64)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command-line subcommands, one file each. The contract (flags, output formats) is in
 //! ARCHITECTURE.md; tests and benchmarks rely on it.
 
+mod bench;
 mod embed_image;
 mod info;
 mod logits;
@@ -33,6 +34,8 @@ enum Commands {
     Info(info::InfoArgs),
     /// Write an image's embeddings (projector output, or the vision tower's selected layer).
     EmbedImage(embed_image::EmbedImageArgs),
+    /// Time load, vision, prefill and decode; peak memory; the decode roofline ratio.
+    Bench(bench::BenchArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -88,6 +91,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Commands::Logits(a)) => logits::run(a),
         Some(Commands::Info(a)) => info::run(a),
         Some(Commands::EmbedImage(a)) => embed_image::run(a),
+        Some(Commands::Bench(a)) => bench::run(a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -107,6 +107,11 @@ impl CpuBackend {
         self.inner.isa
     }
 
+    /// The backend's thread pool (benchmarks run their own jobs on it).
+    pub fn pool(&self) -> &ThreadPool {
+        &self.inner.pool
+    }
+
     fn f32_slice<'a>(&self, w: &'a HostTensor) -> &'a [f32] {
         assert_eq!(
             w.dtype,

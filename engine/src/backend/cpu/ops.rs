@@ -104,6 +104,16 @@ fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
             .sum::<f32>()
 }
 
+#[inline(always)]
+fn stream_sum_g(x: &[f32]) -> f32 {
+    sum(x)
+}
+
+multiversion!(
+    /// Σ x with independent lanes: a streaming read at full vector width (bandwidth probe).
+    pub fn stream_sum(x: &[f32]) -> f32 => stream_sum_g
+);
+
 /// e^x, relative error ~2 ulp over the f32 range (Cephes `expf`); branch-free.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {

@@ -294,7 +294,10 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses a GGUF header held in `bytes` (the whole file).
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<(u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
+/// A parsed header: version, metadata, tensor infos.
+pub type Header = (u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>);
+
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header> {
     let mut r = Reader { bytes, pos: 0, path };
     if r.take(4).map_err(|_| Error::bad_file(path, "file is too short to be GGUF"))? != GGUF_MAGIC {
         return Err(Error::bad_file(path, "not a GGUF file (wrong magic)"));
@@ -578,7 +581,7 @@ mod tests {
         w.to_bytes()
     }
 
-    fn parse_bytes(b: &[u8]) -> Result<(u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
+    fn parse_bytes(b: &[u8]) -> Result<Header> {
         parse(Path::new("x.gguf"), b)
     }
 

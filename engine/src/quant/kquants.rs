@@ -104,6 +104,6 @@ mod tests {
         let mut out = vec![0.0; QK_K];
         dequantize_q6_k(&b, &mut out);
         assert_eq!(out[0], 0.5 * 2.0 * ((0x5 | (2 << 4)) - 32) as f32);
-        assert_eq!(out[32], 0.5 * -1.0 * ((1 << 4) - 32) as f32);
+        assert_eq!(out[32], -0.5 * ((1 << 4) - 32) as f32);
     }
 }

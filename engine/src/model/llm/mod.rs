@@ -44,10 +44,10 @@ pub fn load_decoder<B: Backend>(
         LlmArch::Llama | LlmArch::Qwen2 | LlmArch::Phi3 => Box::new(llama::Llama::load(
             be.clone(),
             cfg.clone(),
-            &w,
+            w,
             context_len,
         )?),
-        LlmArch::Phi2 => Box::new(phi2::Phi2::load(be.clone(), cfg.clone(), &w, context_len)?),
+        LlmArch::Phi2 => Box::new(phi2::Phi2::load(be.clone(), cfg.clone(), w, context_len)?),
     })
 }
 

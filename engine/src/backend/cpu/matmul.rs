@@ -199,6 +199,13 @@ pub fn matmul(
             let n0 = i * panel;
             let n1 = (n0 + panel).min(n_out);
             let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
+            // SAFETY: output columns n0..n1 are this item's.
+            if !dtype.is_quantized()
+                && unsafe { simd::fgemm_native(isa, dtype, raw, n1 - n0, x, k, outp, n0) }
+            {
+                add_bias(n0, n1);
+                continue;
+            }
             let rows: &[f32] = if dtype == DType::F32 {
                 bytemuck::cast_slice(raw)
             } else {

@@ -80,6 +80,15 @@ impl CpuBackend {
 
     /// The same with a given instruction-set level (which the CPU must have).
     pub fn with_isa(threads: Option<usize>, isa: Isa) -> Result<Self> {
+        Self::with_options(threads, isa, matmul::ActPrecision::from_env())
+    }
+
+    /// The same with a given activation precision for quantised weights.
+    pub fn with_options(
+        threads: Option<usize>,
+        isa: Isa,
+        precision: matmul::ActPrecision,
+    ) -> Result<Self> {
         if !Isa::available().contains(&isa) {
             return Err(Error::InvalidArgument(format!(
                 "this CPU cannot run the {} kernels",
@@ -93,7 +102,7 @@ impl CpuBackend {
             inner: Arc::new(Inner {
                 pool,
                 isa,
-                precision: matmul::ActPrecision::from_env(),
+                precision,
                 acts: Mutex::new(matmul::ActBuf::default()),
             }),
         })

@@ -264,6 +264,36 @@ pub unsafe fn fgemm(isa: Isa, w: &[f32], rows: usize, x: &[f32], k: usize, out: 
     }
 }
 
+/// Float weights (F32, F16, BF16) as stored, converted in registers, where this flavour
+/// can; `false` when the caller must convert rows to f32 first (then [`fgemm`]).
+///
+/// # Safety
+/// `w` holds `rows × k` values of `dtype`; output as in [`qgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fgemm_native(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) -> bool {
+    debug_assert!(w.len() >= rows * k * dtype.type_size());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::fgemm_native_avx512(dtype, w, rows, x, k, out, r0) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::fgemm_native_avx2(dtype, w, rows, x, k, out, r0) },
+        _ => {
+            let _ = (dtype, w, rows, x, k, out, r0);
+            return false;
+        }
+    }
+    true
+}
+
 /// Tile shapes every flavour's GEMM loops use: up to `TILE_R` weight rows by `TILE_C`
 /// activation rows per micro-kernel call.
 pub const TILE_R: usize = 4;

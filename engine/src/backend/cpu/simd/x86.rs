@@ -551,9 +551,98 @@ pub unsafe fn qgemm_avx2(
 // ---------------------------------------------------------------------------------------
 // f32 GEMM (weights already f32, or a converted panel): tiles of dot products.
 
+/// How a float weight row is read, 16 (AVX-512) or 8 (AVX2) values at a time.
+trait FloatW {
+    const SIZE: usize;
+    unsafe fn load16(p: *const u8) -> __m512;
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512;
+    unsafe fn load8(p: *const u8) -> __m256;
+    unsafe fn get(p: *const u8) -> f32;
+}
+
+struct WF32;
+struct WF16;
+struct WBF16;
+
+impl FloatW for WF32 {
+    const SIZE: usize = 4;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        unsafe { _mm512_loadu_ps(p as *const f32) }
+    }
+    #[inline(always)]
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512 {
+        unsafe { _mm512_maskz_loadu_ps((1u32 << n).wrapping_sub(1) as u16, p as *const f32) }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        unsafe { _mm256_loadu_ps(p as *const f32) }
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8) -> f32 {
+        unsafe { std::ptr::read_unaligned(p as *const f32) }
+    }
+}
+
+impl FloatW for WF16 {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+    #[inline(always)]
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512 {
+        unsafe {
+            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                (1u32 << n).wrapping_sub(1) as u16,
+                p as *const i16,
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8) -> f32 {
+        unsafe { f16_to_f32(read_u16(p)) }
+    }
+}
+
+impl FloatW for WBF16 {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p as *const __m256i),
+            )))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512 {
+        unsafe {
+            let raw = _mm256_maskz_loadu_epi16((1u32 << n).wrapping_sub(1) as u16, p as *const i16);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p as *const __m128i),
+            )))
+        }
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8) -> f32 {
+        unsafe { f32::from_bits((read_u16(p) as u32) << 16) }
+    }
+}
+
 #[inline(always)]
-unsafe fn ftile512<const R: usize, const C: usize>(
-    w: *const f32,
+unsafe fn ftile512<W: FloatW, const R: usize, const C: usize>(
+    w: *const u8,
     x: *const f32,
     k: usize,
     out: OutPtr,
@@ -561,12 +650,13 @@ unsafe fn ftile512<const R: usize, const C: usize>(
     n0: usize,
 ) {
     unsafe {
+        let rb = k * W::SIZE;
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut i = 0;
         while i + 16 <= k {
             let xv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(x.add(c * k + i)));
             for r in 0..R {
-                let wv = _mm512_loadu_ps(w.add(r * k + i));
+                let wv = W::load16(w.add(r * rb + i * W::SIZE));
                 for c in 0..C {
                     acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
                 }
@@ -578,7 +668,7 @@ unsafe fn ftile512<const R: usize, const C: usize>(
             let xv: [__m512; C] =
                 std::array::from_fn(|c| _mm512_maskz_loadu_ps(m, x.add(c * k + i)));
             for r in 0..R {
-                let wv = _mm512_maskz_loadu_ps(m, w.add(r * k + i));
+                let wv = W::load16_masked(w.add(r * rb + i * W::SIZE), k - i);
                 for c in 0..C {
                     acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
                 }
@@ -592,26 +682,55 @@ unsafe fn ftile512<const R: usize, const C: usize>(
     }
 }
 
-/// # Safety
-/// The CPU must have the AVX-512 level; arguments as in [`super::fgemm`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn fgemm_avx512(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+unsafe fn fgemm512<W: FloatW>(w: &[u8], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
     let t_rows = x.len() / k.max(1);
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let rb = k * W::SIZE;
     for_tiles(rows, t_rows, |r, c, nr, nc| unsafe {
-        let (w, x) = (wp.add(r * k), xp.add(c * k));
+        let (w, x) = (wp.add(r * rb), xp.add(c * k));
         match (nr, nc) {
-            (4, 4) => ftile512::<4, 4>(w, x, k, out, c, r0 + r),
-            (4, _) => ftile512::<4, 1>(w, x, k, out, c, r0 + r),
-            (_, 4) => ftile512::<1, 4>(w, x, k, out, c, r0 + r),
-            _ => ftile512::<1, 1>(w, x, k, out, c, r0 + r),
+            (4, 4) => ftile512::<W, 4, 4>(w, x, k, out, c, r0 + r),
+            (4, _) => ftile512::<W, 4, 1>(w, x, k, out, c, r0 + r),
+            (_, 4) => ftile512::<W, 1, 4>(w, x, k, out, c, r0 + r),
+            _ => ftile512::<W, 1, 1>(w, x, k, out, c, r0 + r),
         }
     });
 }
 
+/// Float weights of `dtype` (F32, F16, BF16) as stored, converted in registers.
+///
+/// # Safety
+/// The CPU must have the AVX-512 level; `w` holds `rows × k` values of `dtype`; output as
+/// in [`super::fgemm`].
+pub unsafe fn fgemm_native_avx512(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::F32 => fgemm512::<WF32>(w, rows, x, k, out, r0),
+            DType::F16 => fgemm512::<WF16>(w, rows, x, k, out, r0),
+            DType::BF16 => fgemm512::<WBF16>(w, rows, x, k, out, r0),
+            other => panic!("fgemm on {other}"),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have the AVX-512 level; arguments as in [`super::fgemm`].
+pub unsafe fn fgemm_avx512(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    unsafe { fgemm512::<WF32>(bytemuck::cast_slice(w), rows, x, k, out, r0) }
+}
+
 #[inline(always)]
-unsafe fn ftile256<const R: usize, const C: usize>(
-    w: *const f32,
+unsafe fn ftile256<W: FloatW, const R: usize, const C: usize>(
+    w: *const u8,
     x: *const f32,
     k: usize,
     out: OutPtr,
@@ -619,12 +738,13 @@ unsafe fn ftile256<const R: usize, const C: usize>(
     n0: usize,
 ) {
     unsafe {
+        let rb = k * W::SIZE;
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut i = 0;
         while i + 8 <= k {
             let xv: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(x.add(c * k + i)));
             for r in 0..R {
-                let wv = _mm256_loadu_ps(w.add(r * k + i));
+                let wv = W::load8(w.add(r * rb + i * W::SIZE));
                 for c in 0..C {
                     acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
                 }
@@ -634,8 +754,9 @@ unsafe fn ftile256<const R: usize, const C: usize>(
         let mut tail = [[0.0f32; C]; R];
         while i < k {
             for r in 0..R {
+                let wv = W::get(w.add(r * rb + i * W::SIZE));
                 for c in 0..C {
-                    tail[r][c] += *w.add(r * k + i) * *x.add(c * k + i);
+                    tail[r][c] += wv * *x.add(c * k + i);
                 }
             }
             i += 1;
@@ -648,21 +769,47 @@ unsafe fn ftile256<const R: usize, const C: usize>(
     }
 }
 
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C; arguments as in [`super::fgemm`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn fgemm_avx2(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+unsafe fn fgemm256<W: FloatW>(w: &[u8], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
     let t_rows = x.len() / k.max(1);
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let rb = k * W::SIZE;
     for_tiles(rows, t_rows, |r, c, nr, nc| unsafe {
-        let (w, x) = (wp.add(r * k), xp.add(c * k));
+        let (w, x) = (wp.add(r * rb), xp.add(c * k));
         match (nr, nc) {
-            (4, 4) => ftile256::<4, 4>(w, x, k, out, c, r0 + r),
-            (4, _) => ftile256::<4, 1>(w, x, k, out, c, r0 + r),
-            (_, 4) => ftile256::<1, 4>(w, x, k, out, c, r0 + r),
-            _ => ftile256::<1, 1>(w, x, k, out, c, r0 + r),
+            (4, 4) => ftile256::<W, 4, 4>(w, x, k, out, c, r0 + r),
+            (4, _) => ftile256::<W, 4, 1>(w, x, k, out, c, r0 + r),
+            (_, 4) => ftile256::<W, 1, 4>(w, x, k, out, c, r0 + r),
+            _ => ftile256::<W, 1, 1>(w, x, k, out, c, r0 + r),
         }
     });
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; arguments as in [`fgemm_native_avx512`].
+pub unsafe fn fgemm_native_avx2(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::F32 => fgemm256::<WF32>(w, rows, x, k, out, r0),
+            DType::F16 => fgemm256::<WF16>(w, rows, x, k, out, r0),
+            DType::BF16 => fgemm256::<WBF16>(w, rows, x, k, out, r0),
+            other => panic!("fgemm on {other}"),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; arguments as in [`super::fgemm`].
+pub unsafe fn fgemm_avx2(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    unsafe { fgemm256::<WF32>(bytemuck::cast_slice(w), rows, x, k, out, r0) }
 }
 
 // ---------------------------------------------------------------------------------------

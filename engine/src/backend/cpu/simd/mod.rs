@@ -307,9 +307,12 @@ pub fn for_tiles(rows: usize, cols: usize, mut f: impl FnMut(usize, usize, usize
     let mut c = 0;
     while c < cols {
         let nc = if cols - c >= TILE_C { TILE_C } else { 1 };
+        // A single activation row (decode) streams the weights one row at a time: one
+        // sequential stream per thread is what hardware prefetchers follow best.
+        let tile_r = if cols == 1 { 1 } else { TILE_R };
         let mut r = 0;
         while r < rows {
-            let nr = if rows - r >= TILE_R { TILE_R } else { 1 };
+            let nr = if rows - r >= tile_r { tile_r } else { 1 };
             f(r, c, nr, nc);
             r += nr;
         }

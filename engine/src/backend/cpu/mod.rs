@@ -158,6 +158,51 @@ impl CpuBackend {
     }
 }
 
+/// Fills an attention tile's scores with the flavour's dedicated kernel, if it has one.
+#[allow(clippy::too_many_arguments)]
+fn fast_scores(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    shape: AttentionShape,
+    pos0: usize,
+    h: usize,
+    t0: usize,
+    nt: usize,
+    n_keys: usize,
+    scores: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && shape.head_dim.is_multiple_of(16) {
+        let hd = shape.head_dim;
+        let (q_cols, kv_cols) = (shape.n_heads * hd, shape.n_kv_heads * hd);
+        let kvh = h / (shape.n_heads / shape.n_kv_heads);
+        let (first, last) = ops::key_span(shape, pos0, t0, nt, n_keys);
+        let span = last - first;
+        assert!(
+            scores.len() >= nt * span && (t0 + nt) * q_cols <= q.len() && last * kv_cols <= k.len()
+        );
+        // SAFETY: the rows read are inside q and k, the writes inside scores (checked).
+        unsafe {
+            simd::x86::attn_scores_avx512(
+                q.as_ptr().add(t0 * q_cols + h * hd),
+                q_cols,
+                nt,
+                k.as_ptr().add(first * kv_cols + kvh * hd),
+                kv_cols,
+                span,
+                hd,
+                shape.scale,
+                scores.as_mut_ptr(),
+                span,
+            );
+        }
+        return true;
+    }
+    let _ = (isa, q, k, shape, pos0, h, t0, nt, n_keys, scores);
+    false
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = HostTensor;
@@ -355,7 +400,10 @@ impl Backend for CpuBackend {
                 let (h, tile) = (i % shape.n_heads, i / shape.n_heads);
                 let t0 = tile * ops::ATTN_TILE;
                 let nt = ops::ATTN_TILE.min(q_rows - t0);
-                ops::attention_tile(isa, q_data, k, v, shape, pos0, h, t0, nt, scores, out_ptr);
+                let ready = fast_scores(isa, q_data, k, shape, pos0, h, t0, nt, n_keys, scores);
+                ops::attention_tile(
+                    isa, q_data, k, v, shape, pos0, h, t0, nt, scores, ready, out_ptr,
+                );
             }
         });
     }

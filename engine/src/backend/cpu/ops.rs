@@ -297,7 +297,26 @@ pub struct RowsPtr {
 unsafe impl Send for RowsPtr {}
 unsafe impl Sync for RowsPtr {}
 
-/// Attention of query rows `t0..t0 + nt` (at most [`ATTN_TILE`]) for head `h`.
+/// The keys `[first, last)` any of query rows `t0..t0 + nt` sees.
+pub fn key_span(
+    shape: AttentionShape,
+    pos0: usize,
+    t0: usize,
+    nt: usize,
+    n_keys: usize,
+) -> (usize, usize) {
+    let mut first = usize::MAX;
+    let mut last = 0;
+    for i in 0..nt {
+        let r = super::scalar::visible_keys(shape, pos0, t0 + i, n_keys);
+        first = first.min(r.start);
+        last = last.max(r.end);
+    }
+    if first > last { (0, 0) } else { (first, last) }
+}
+
+/// Attention of query rows `t0..t0 + nt` (at most [`ATTN_TILE`]) for head `h`. With
+/// `scores_ready`, `scores[i][j − first]` already holds `scale · q·k` for the span.
 /// `scores` needs `ATTN_TILE × n_keys` values.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -311,6 +330,7 @@ fn attention_tile_g(
     t0: usize,
     nt: usize,
     scores: &mut [f32],
+    scores_ready: bool,
     out: RowsPtr,
 ) {
     let hd = shape.head_dim;
@@ -325,22 +345,22 @@ fn attention_tile_g(
             0..0
         }
     });
-    let first = ranges[..nt].iter().map(|r| r.start).min().unwrap_or(0);
-    let last = ranges[..nt].iter().map(|r| r.end).max().unwrap_or(0);
+    let (first, last) = key_span(shape, pos0, t0, nt, n_keys);
     let span = last - first;
     let qh: [&[f32]; ATTN_TILE] = std::array::from_fn(|i| {
         let t = t0 + i.min(nt - 1);
         &q[t * q_cols + h * hd..t * q_cols + (h + 1) * hd]
     });
-    // Scores, masked outside each row's visible range.
+    // Scores (unless the caller computed them), masked outside each row's visible range.
     for j in first..last {
         let kj = &k[j * kv_cols + kvh * hd..j * kv_cols + (kvh + 1) * hd];
         for i in 0..nt {
-            scores[i * span + (j - first)] = if ranges[i].contains(&j) {
-                dot(qh[i], kj) * shape.scale
-            } else {
-                f32::NEG_INFINITY
-            };
+            let s = &mut scores[i * span + (j - first)];
+            if !ranges[i].contains(&j) {
+                *s = f32::NEG_INFINITY;
+            } else if !scores_ready {
+                *s = dot(qh[i], kj) * shape.scale;
+            }
         }
     }
     // Softmax per row (every row sees at least one key).
@@ -355,29 +375,41 @@ fn attention_tile_g(
             *s *= inv;
         }
     }
-    // Weighted sum of values.
-    let mut acc = [[0.0f32; 256]; ATTN_TILE];
-    let chunk = 256.min(hd.max(1));
-    for d0 in (0..hd).step_by(chunk) {
-        let dn = chunk.min(hd - d0);
-        for a in acc.iter_mut().take(nt) {
-            a[..dn].fill(0.0);
-        }
-        for j in first..last {
-            let vj = &v[j * kv_cols + kvh * hd + d0..j * kv_cols + kvh * hd + d0 + dn];
-            for i in 0..nt {
-                let p = scores[i * span + (j - first)];
-                for (a, &x) in acc[i][..dn].iter_mut().zip(vj) {
-                    *a += p * x;
+    // Weighted sum of values: per query row, 64 output values at a time held in registers
+    // while every key's value row streams past.
+    const CHUNK: usize = 64;
+    for i in 0..nt {
+        let p_row = &scores[i * span..(i + 1) * span];
+        let mut d0 = 0;
+        while d0 < hd {
+            let dn = CHUNK.min(hd - d0);
+            let mut acc = [0.0f32; CHUNK];
+            let base = kvh * hd + d0;
+            if dn == CHUNK {
+                for (jj, &p) in p_row.iter().enumerate() {
+                    let j = first + jj;
+                    let vj: &[f32; CHUNK] = v[j * kv_cols + base..j * kv_cols + base + CHUNK]
+                        .try_into()
+                        .expect("chunk length");
+                    for (a, &x) in acc.iter_mut().zip(vj) {
+                        *a += p * x;
+                    }
+                }
+            } else {
+                for (jj, &p) in p_row.iter().enumerate() {
+                    let j = first + jj;
+                    let vj = &v[j * kv_cols + base..j * kv_cols + base + dn];
+                    for (a, &x) in acc[..dn].iter_mut().zip(vj) {
+                        *a += p * x;
+                    }
                 }
             }
-        }
-        for i in 0..nt {
             // SAFETY: row t0 + i, columns of head h: this task's alone.
             let o = unsafe {
                 std::slice::from_raw_parts_mut(out.ptr.add((t0 + i) * out.ld + h * hd + d0), dn)
             };
-            o.copy_from_slice(&acc[i][..dn]);
+            o.copy_from_slice(&acc[..dn]);
+            d0 += dn;
         }
     }
 }
@@ -392,6 +424,7 @@ multiversion!(pub fn attention_tile(
     t0: usize,
     nt: usize,
     scores: &mut [f32],
+    scores_ready: bool,
     out: RowsPtr,
 ) => attention_tile_g);
 

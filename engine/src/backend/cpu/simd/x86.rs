@@ -1139,3 +1139,94 @@ pub unsafe fn qgemm16_avx2(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Attention scores: 16 keys at a time, reduced together.
+
+/// Sums each of 16 vectors: lane `j` of the result is the sum of `v[j]`'s lanes.
+#[inline(always)]
+unsafe fn transpose_sum16(v: &[__m512; 16]) -> __m512 {
+    unsafe {
+        let mut a = [_mm512_setzero_ps(); 8];
+        for p in 0..8 {
+            let (x, y) = (v[2 * p], v[2 * p + 1]);
+            a[p] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] → sums of 4 vectors per lane.
+        let mut b = [_mm512_setzero_ps(); 4];
+        for p in 0..4 {
+            let (x, y) = (a[2 * p], a[2 * p + 1]);
+            b[p] = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+            );
+        }
+        let s0 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[0], b[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[0], b[1]),
+        );
+        let s1 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[2], b[3]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[2], b[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(s0, s1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(s0, s1),
+        )
+    }
+}
+
+/// `out[i·ld + j] = scale · q_i·k_j` for `i < nt`, `j < nk`; `q_i` at `q + i·qs`, `k_j` at
+/// `k + j·ks`, `hd` values each (a multiple of 16).
+///
+/// # Safety
+/// The CPU must have the AVX-512 level; every row named must be readable, `out` writable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attn_scores_avx512(
+    q: *const f32,
+    qs: usize,
+    nt: usize,
+    k: *const f32,
+    ks: usize,
+    nk: usize,
+    hd: usize,
+    scale: f32,
+    out: *mut f32,
+    ld: usize,
+) {
+    unsafe {
+        let sv = _mm512_set1_ps(scale);
+        for i in 0..nt {
+            let qi = q.add(i * qs);
+            let mut j0 = 0;
+            while j0 + 16 <= nk {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for c in (0..hd).step_by(16) {
+                    let qv = _mm512_loadu_ps(qi.add(c));
+                    for j in 0..16 {
+                        acc[j] =
+                            _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add((j0 + j) * ks + c)), acc[j]);
+                    }
+                }
+                _mm512_storeu_ps(
+                    out.add(i * ld + j0),
+                    _mm512_mul_ps(transpose_sum16(&acc), sv),
+                );
+                j0 += 16;
+            }
+            while j0 < nk {
+                let mut acc = _mm512_setzero_ps();
+                for c in (0..hd).step_by(16) {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(qi.add(c)),
+                        _mm512_loadu_ps(k.add(j0 * ks + c)),
+                        acc,
+                    );
+                }
+                *out.add(i * ld + j0) = _mm512_reduce_add_ps(acc) * scale;
+                j0 += 1;
+            }
+        }
+    }
+}

@@ -987,8 +987,72 @@ unsafe fn q16tile512<F: Fmt16, const R: usize, const C: usize>(
     }
 }
 
+/// One weight row × one activation row (decode), two blocks per iteration: the nibbles of
+/// both are expanded together and both scales converted by one instruction.
+#[inline(always)]
+unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: usize) -> f32 {
+    unsafe {
+        let nb = acts.nb;
+        let qs = acts.qs.as_ptr().add(t * nb * QK);
+        let d = acts.d.as_ptr().add(t * nb);
+        let s = acts.s.as_ptr().add(t * nb);
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut corr = 0.0f32;
+        let mut b = 0;
+        while b + 2 <= nb {
+            let p = w.add(b * <F as Fmt16>::BYTES);
+            // [lo₀, hi₀, lo₁, hi₁] bytes (Q4) or the two blocks' bytes (Q8_0), plus d (and m).
+            let (bytes, dw, mw) = <F as Fmt512>::load(p, true);
+            let lo = _mm512_castsi512_si256(bytes);
+            let hi = _mm512_extracti64x4_epi64::<1>(bytes);
+            let (mut w0, mut w1) = if <F as Fmt16>::SIGNED {
+                // Fmt512 flipped the sign bit (w + 128): widen unsigned, subtract 128.
+                (_mm512_cvtepu8_epi16(lo), _mm512_cvtepu8_epi16(hi))
+            } else {
+                (_mm512_cvtepu8_epi16(lo), _mm512_cvtepu8_epi16(hi))
+            };
+            let off = if <F as Fmt16>::SIGNED { 128 } else { <F as Fmt16>::OFFSET };
+            if off != 0 {
+                let o = _mm512_set1_epi16(off);
+                w0 = _mm512_sub_epi16(w0, o);
+                w1 = _mm512_sub_epi16(w1, o);
+            }
+            let a0 = _mm512_loadu_si512(qs.add(b * QK) as *const __m512i);
+            let a1 = _mm512_loadu_si512(qs.add((b + 1) * QK) as *const __m512i);
+            let dot0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, a0);
+            let dot1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w1, a1);
+            // dw = [d₀ ×8, d₁ ×8]: lane 0 and lane 8 hold the two scales.
+            let dw0 = _mm512_permutexvar_ps(_mm512_setzero_si512(), dw);
+            let dw1 = _mm512_permutexvar_ps(_mm512_set1_epi32(8), dw);
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot0), _mm512_mul_ps(dw0, _mm512_set1_ps(*d.add(b))), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot1), _mm512_mul_ps(dw1, _mm512_set1_ps(*d.add(b + 1))), acc1);
+            if <F as Fmt16>::MIN {
+                let m0 = _mm_cvtss_f32(_mm512_castps512_ps128(mw));
+                let m1 = _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set1_epi32(8), mw)));
+                corr += m0 * *s.add(b) + m1 * *s.add(b + 1);
+            }
+            b += 2;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + corr;
+        if b < nb {
+            // The odd last block through the one-block tile.
+            let one = super::Q16Acts {
+                qs: std::slice::from_raw_parts(qs.add(b * QK), QK),
+                d: std::slice::from_raw_parts(d.add(b), 1),
+                s: std::slice::from_raw_parts(s.add(b), 1),
+                nb: 1,
+            };
+            let mut v = 0.0f32;
+            q16tile512::<F, 1, 1>(w.add(b * <F as Fmt16>::BYTES), 0, &one, 0, OutPtr { ptr: &mut v, ld: 1 }, 0);
+            sum += v;
+        }
+        sum
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q16gemm512<F: Fmt16>(
+unsafe fn q16gemm512<F: Fmt16 + Fmt512>(
     w: &[u8],
     row_bytes: usize,
     rows: usize,
@@ -997,6 +1061,13 @@ unsafe fn q16gemm512<F: Fmt16>(
     r0: usize,
 ) {
     let wp = w.as_ptr();
+    if acts.rows() == 1 {
+        for r in 0..rows {
+            // SAFETY: row r is inside w; column r0 + r is this task's.
+            unsafe { out.write(0, r0 + r, q16row512::<F>(wp.add(r * row_bytes), &acts, 0)) };
+        }
+        return;
+    }
     for_tiles(rows, acts.rows(), |r, c, nr, nc| unsafe {
         let p = wp.add(r * row_bytes);
         match (nr, nc) {

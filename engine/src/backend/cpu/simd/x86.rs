@@ -1006,13 +1006,13 @@ unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: u
             let (bytes, dw, mw) = <F as Fmt512>::load(p, true);
             let lo = _mm512_castsi512_si256(bytes);
             let hi = _mm512_extracti64x4_epi64::<1>(bytes);
-            let (mut w0, mut w1) = if <F as Fmt16>::SIGNED {
-                // Fmt512 flipped the sign bit (w + 128): widen unsigned, subtract 128.
-                (_mm512_cvtepu8_epi16(lo), _mm512_cvtepu8_epi16(hi))
+            // Unsigned bytes: Q4 nibbles, or Q8_0 with its sign bit flipped (w + 128).
+            let (mut w0, mut w1) = (_mm512_cvtepu8_epi16(lo), _mm512_cvtepu8_epi16(hi));
+            let off = if <F as Fmt16>::SIGNED {
+                128
             } else {
-                (_mm512_cvtepu8_epi16(lo), _mm512_cvtepu8_epi16(hi))
+                <F as Fmt16>::OFFSET
             };
-            let off = if <F as Fmt16>::SIGNED { 128 } else { <F as Fmt16>::OFFSET };
             if off != 0 {
                 let o = _mm512_set1_epi16(off);
                 w0 = _mm512_sub_epi16(w0, o);
@@ -1025,11 +1025,22 @@ unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: u
             // dw = [d₀ ×8, d₁ ×8]: lane 0 and lane 8 hold the two scales.
             let dw0 = _mm512_permutexvar_ps(_mm512_setzero_si512(), dw);
             let dw1 = _mm512_permutexvar_ps(_mm512_set1_epi32(8), dw);
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot0), _mm512_mul_ps(dw0, _mm512_set1_ps(*d.add(b))), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot1), _mm512_mul_ps(dw1, _mm512_set1_ps(*d.add(b + 1))), acc1);
+            acc0 = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(dot0),
+                _mm512_mul_ps(dw0, _mm512_set1_ps(*d.add(b))),
+                acc0,
+            );
+            acc1 = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(dot1),
+                _mm512_mul_ps(dw1, _mm512_set1_ps(*d.add(b + 1))),
+                acc1,
+            );
             if <F as Fmt16>::MIN {
                 let m0 = _mm_cvtss_f32(_mm512_castps512_ps128(mw));
-                let m1 = _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set1_epi32(8), mw)));
+                let m1 = _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_permutexvar_ps(
+                    _mm512_set1_epi32(8),
+                    mw,
+                )));
                 corr += m0 * *s.add(b) + m1 * *s.add(b + 1);
             }
             b += 2;
@@ -1044,7 +1055,14 @@ unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: u
                 nb: 1,
             };
             let mut v = 0.0f32;
-            q16tile512::<F, 1, 1>(w.add(b * <F as Fmt16>::BYTES), 0, &one, 0, OutPtr { ptr: &mut v, ld: 1 }, 0);
+            q16tile512::<F, 1, 1>(
+                w.add(b * <F as Fmt16>::BYTES),
+                0,
+                &one,
+                0,
+                OutPtr { ptr: &mut v, ld: 1 },
+                0,
+            );
             sum += v;
         }
         sum

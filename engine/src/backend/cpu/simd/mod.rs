@@ -283,15 +283,20 @@ pub unsafe fn fgemm_native(
     debug_assert!(w.len() >= rows * k * dtype.type_size());
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::fgemm_native_avx512(dtype, w, rows, x, k, out, r0) },
+        Isa::Avx512 => {
+            unsafe { x86::fgemm_native_avx512(dtype, w, rows, x, k, out, r0) };
+            true
+        }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::fgemm_native_avx2(dtype, w, rows, x, k, out, r0) },
+        Isa::Avx2 => {
+            unsafe { x86::fgemm_native_avx2(dtype, w, rows, x, k, out, r0) };
+            true
+        }
         _ => {
             let _ = (dtype, w, rows, x, k, out, r0);
-            return false;
+            false
         }
     }
-    true
 }
 
 /// Tile shapes every flavour's GEMM loops use: up to `TILE_R` weight rows by `TILE_C`

@@ -1,10 +1,14 @@
 //! `out = x · wᵀ + bias` for weights in their stored format, on the thread pool.
 //!
-//! - Quantised weights (Q4_0, Q4_1, Q8_0): the activation rows are quantised once per call
-//!   (by the calling thread: a few percent of a prefill's matmul) to int16 per 32-block
-//!   (default: as accurate as f32 activations on real models) or int8 as ggml does
-//!   (`POCKETVLM_ACT=int8`), and the SIMD integer kernels dot them with the weight blocks
-//!   as stored — every weight byte is read once per call, whatever the number of rows.
+//! - Quantised weights (Q4_0, Q4_1, Q8_0), few activation rows (decode): the rows are
+//!   quantised once per call (by the calling thread) to int16 per 32-block (default: as
+//!   accurate as f32 activations on real models) or int8 as ggml does (`POCKETVLM_ACT=int8`),
+//!   and the SIMD integer kernels dot them with the weight blocks as stored — every weight
+//!   byte is read once per call.
+//! - Quantised weights, from [`DEQUANT_MIN_ROWS`] rows on (prefill, vision): compute-bound,
+//!   so each task dequantises its panel of weight rows to f32 once (SIMD) and runs the float
+//!   tiles below over every activation row — fewer instructions per multiply than per-block
+//!   integer dots with their scale handling, and exact.
 //! - Float weights (F32, F16, BF16): each task converts its panel of weight rows to f32
 //!   once (in its scratch arena; F32 rows are used in place) and multiplies it with every
 //!   activation row in register tiles.
@@ -35,6 +39,9 @@ struct SyncPtr<T>(*mut T);
 // SAFETY: used for buffers written before the job starts and only read inside it.
 unsafe impl<T> Send for SyncPtr<T> {}
 unsafe impl<T> Sync for SyncPtr<T> {}
+
+/// Activation rows from which quantised weights are dequantised to f32 panels.
+pub const DEQUANT_MIN_ROWS: usize = 8;
 
 /// Output features per work item.
 fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> usize {
@@ -113,7 +120,11 @@ pub fn matmul(
         }
     };
 
-    if uses_int8(w) && prec != ActPrecision::F32 {
+    // Prefill (many activation rows) is compute-bound: a panel of weight rows dequantised to
+    // f32 once, then f32 FMA tiles, beats per-block integer dots (whose per-block scale
+    // handling costs as much as the multiply) and is exact. Decode streams the stored
+    // blocks through the integer kernels.
+    if uses_int8(w) && prec != ActPrecision::F32 && t_rows < DEQUANT_MIN_ROWS {
         let nb = k / QK;
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
         let buf = &mut *guard;
@@ -211,10 +222,8 @@ pub fn matmul(
             } else {
                 let buf = ctx.scratch.f32s((n1 - n0) * k);
                 if dtype.is_quantized() {
-                    // Rows that are not whole blocks never reach here (they keep a float
-                    // format at load); converting block rows keeps this path general.
                     for (r, o) in buf.chunks_exact_mut(k).enumerate() {
-                        convert_to_f32(dtype, &raw[r * row_bytes..(r + 1) * row_bytes], o);
+                        simd::dequantize(isa, dtype, &raw[r * row_bytes..(r + 1) * row_bytes], o);
                     }
                 } else {
                     convert_to_f32(dtype, raw, buf);
@@ -328,9 +337,10 @@ mod tests {
                         let w = weight(dtype, n, k, (n * 31 + k) as u64);
                         let x = rand_vec(t * k, 7 + t as u64);
                         let bias = rand_vec(n, 99);
-                        // The int8 path is exact up to float rounding against the scalar
-                        // matmul of the quantised activations.
-                        let xr = if uses_int8(&w) {
+                        // The integer path is exact up to float rounding against the
+                        // scalar matmul of the quantised activations; from
+                        // DEQUANT_MIN_ROWS rows on, activations stay f32.
+                        let xr = if uses_int8(&w) && t < DEQUANT_MIN_ROWS {
                             requantised(&x, k, prec)
                         } else {
                             x.clone()

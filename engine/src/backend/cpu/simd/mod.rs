@@ -299,6 +299,15 @@ pub unsafe fn fgemm_native(
     }
 }
 
+/// Quantised weight bytes (whole blocks) to f32.
+pub fn dequantize(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dequantize_avx512(dtype, bytes, out) },
+        _ => crate::tensor::convert_to_f32(dtype, bytes, out),
+    }
+}
+
 /// Tile shapes every flavour's GEMM loops use: up to `TILE_R` weight rows by `TILE_C`
 /// activation rows per micro-kernel call.
 pub const TILE_R: usize = 4;

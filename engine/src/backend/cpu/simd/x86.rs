@@ -1319,3 +1319,57 @@ pub unsafe fn attn_scores_avx512(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Dequantisation of weight rows to f32 (prefill panels).
+
+/// # Safety
+/// The CPU must have the AVX-512 level; `bytes` holds whole blocks of `dtype` for the
+/// `out.len()` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dequantize_avx512(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let nb = out.len() / QK;
+    let size = dtype.type_size();
+    assert!(bytes.len() >= nb * size);
+    unsafe {
+        let o = out.as_mut_ptr();
+        for b in 0..nb {
+            let p = bytes.as_ptr().add(b * size);
+            let d = _mm512_set1_ps(f16_to_f32(read_u16(p)));
+            let (v0, v1) = match dtype {
+                DType::Q4_0 | DType::Q4_1 => {
+                    let q = _mm_loadu_si128(
+                        p.add(if dtype == DType::Q4_0 { 2 } else { 4 }) as *const __m128i
+                    );
+                    let mask = _mm_set1_epi8(0x0F);
+                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
+                    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                        _mm_srli_epi16::<4>(q),
+                        mask,
+                    )));
+                    if dtype == DType::Q4_0 {
+                        let eight = _mm512_set1_ps(8.0);
+                        (
+                            _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
+                            _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
+                        )
+                    } else {
+                        let m = _mm512_set1_ps(f16_to_f32(read_u16(p.add(2))));
+                        (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
+                    }
+                }
+                DType::Q8_0 => {
+                    let a = _mm_loadu_si128(p.add(2) as *const __m128i);
+                    let c = _mm_loadu_si128(p.add(18) as *const __m128i);
+                    (
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a)), d),
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), d),
+                    )
+                }
+                other => panic!("dequantize on {other}"),
+            };
+            _mm512_storeu_ps(o.add(b * QK), v0);
+            _mm512_storeu_ps(o.add(b * QK + 16), v1);
+        }
+    }
+}

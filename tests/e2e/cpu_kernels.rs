@@ -102,3 +102,47 @@ fn smollm2_q4_1_on_integer_kernels_keeps_transformers_answers() {
     eprintln!("greedy tokens matching transformers: {greedy:?}");
     assert!(top1.iter().all(|&r| r >= 0.95), "top-1 agreement: {top1:?}");
 }
+
+#[test]
+fn bench_reports_every_contract_field_for_a_synthetic_model() {
+    use pocketvlm_engine::backend::cpu::CpuBackend;
+    use pocketvlm_engine::bench::{self, BenchConfig};
+    use pocketvlm_engine::model::synthetic::{self, SyntheticSource};
+    use pocketvlm_engine::model::vlm::{QuantPolicy, Vlm};
+    use pocketvlm_engine::tensor::DType;
+
+    let spec = synthetic::spec("smollm2-135m").unwrap();
+    let src = SyntheticSource::new(&spec, DType::Q4_0, DType::F16);
+    let be = CpuBackend::new(Some(2)).unwrap();
+    let mut model = Vlm::load(be.clone(), &spec, &src, QuantPolicy::default(), 64).unwrap();
+    let cfg = BenchConfig {
+        prompt_tokens: 8,
+        gen_tokens: 4,
+        pixels: None,
+        measure_bandwidth: false,
+    };
+    let r = bench::run(&mut model, &spec, "smollm2", 1.0, &cfg, &be).unwrap();
+    assert!(r.prefill_tok_s > 0.0 && r.decode_tok_s > 0.0 && r.ttft_ms > 0.0);
+    assert!(r.weight_bytes > 60 << 20 && r.kv_bytes > 0 && r.decode_weight_bytes == r.weight_bytes);
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    for key in [
+        "load_ms",
+        "vision_ms",
+        "projector_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "ttft_ms",
+        "peak_rss_bytes",
+        "weight_bytes",
+        "kv_bytes",
+        "roofline_ratio",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    // Too long a run for the context is an error, not a panic.
+    let long = BenchConfig {
+        prompt_tokens: 100,
+        ..cfg
+    };
+    assert!(bench::run(&mut model, &spec, "smollm2", 1.0, &long, &be).is_err());
+}

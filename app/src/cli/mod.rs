@@ -67,7 +67,9 @@ pub struct ModelArgs {
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
     match DType::parse(s) {
-        Some(DType::BF16) | None => Err(format!("unknown format `{s}` (expected q4_0, q4_1, q8_0, f16 or f32)")),
+        Some(DType::BF16) | None => Err(format!(
+            "unknown format `{s}` (expected q4_0, q4_1, q8_0, f16 or f32)"
+        )),
         Some(d) => Ok(d),
     }
 }

@@ -27,7 +27,10 @@ fn read_f16(b: &[u8]) -> f32 {
 
 /// Q4_K super-block: f16 d, f16 dmin, 12 scale bytes, 128 nibble bytes.
 pub fn dequantize_q4_k(bytes: &[u8], out: &mut [f32]) {
-    for (block, ob) in bytes.chunks_exact(Q4_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+    for (block, ob) in bytes
+        .chunks_exact(Q4_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
         let d = read_f16(&block[0..2]);
         let dmin = read_f16(&block[2..4]);
         let scales = &block[4..16];
@@ -49,7 +52,10 @@ pub fn dequantize_q4_k(bytes: &[u8], out: &mut [f32]) {
 
 /// Q6_K super-block: 128 low-nibble bytes, 64 high-bit bytes, 16 i8 scales, f16 d (last).
 pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
-    for (block, ob) in bytes.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+    for (block, ob) in bytes
+        .chunks_exact(Q6_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
         let d = read_f16(&block[208..210]);
         for half in 0..2 {
             let ql = &block[half * 64..half * 64 + 64];

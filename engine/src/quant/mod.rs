@@ -24,7 +24,10 @@ pub const QK: usize = 32;
 
 /// A weight matrix stored as `target` (quantise-on-load). Matrices whose rows are not whole
 /// blocks keep their format, as llama.cpp does (SigLIP's 4304-wide FFN, tiny test models).
-pub fn convert_matrix(t: crate::tensor::HostTensor, target: Option<DType>) -> crate::tensor::HostTensor {
+pub fn convert_matrix(
+    t: crate::tensor::HostTensor,
+    target: Option<DType>,
+) -> crate::tensor::HostTensor {
     use crate::tensor::{HostTensor, Storage};
     let Some(target) = target else { return t };
     let (_, cols) = t.rows_cols();
@@ -32,7 +35,11 @@ pub fn convert_matrix(t: crate::tensor::HostTensor, target: Option<DType>) -> cr
         return t;
     }
     let values = t.to_f32_vec();
-    HostTensor::new(target, t.shape.clone(), Storage::from_bytes(&quantize(target, &values)))
+    HostTensor::new(
+        target,
+        t.shape.clone(),
+        Storage::from_bytes(&quantize(target, &values)),
+    )
 }
 
 /// `x` (a whole number of blocks for block types) stored as `dtype`.
@@ -44,7 +51,10 @@ pub fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
     }
     match dtype {
         DType::F32 => bytemuck::cast_slice(x).to_vec(),
-        DType::F16 => x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+        DType::F16 => x
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
         DType::BF16 => x
             .iter()
             .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
@@ -215,7 +225,11 @@ pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
 pub fn dot_q8_0_q8_1(w: &[BlockQ8_0], x: &[BlockQ8_1]) -> f32 {
     let mut sum = 0.0f32;
     for (b, a) in w.iter().zip(x) {
-        let isum: i32 = b.qs.iter().zip(&a.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let isum: i32 =
+            b.qs.iter()
+                .zip(&a.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += isum as f32 * b.d.to_f32() * a.d;
     }
     sum
@@ -244,20 +258,32 @@ mod tests {
         let mut b4 = vec![BlockQ4_0::zeroed(); 7];
         quantize_q4_0(&x, &mut b4);
         dequantize_q4_0(&b4, &mut out);
-        let err = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         // Rounding costs d/2; the extreme opposite the one mapped to −8 clips at +7, a full d.
         assert!(err <= amax / 8.0 + 1e-3, "q4_0 {err}");
 
         let mut b41 = vec![BlockQ4_1::zeroed(); 7];
         quantize_q4_1(&x, &mut b41);
         dequantize_q4_1(&b41, &mut out);
-        let err = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(err <= 2.0 * amax / 15.0 * 0.51 + 1e-2, "q4_1 {err}");
 
         let mut b8 = vec![BlockQ8_0::zeroed(); 7];
         quantize_q8_0(&x, &mut b8);
         dequantize_q8_0(&b8, &mut out);
-        let err = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(err <= amax / 127.0 * 0.51 + 1e-3, "q8_0 {err}");
     }
 
@@ -286,7 +312,10 @@ mod tests {
         let mut wd = vec![0.0; w.len()];
         let check = |got: f32, wd: &[f32]| {
             let exact: f32 = wd.iter().zip(&xd).map(|(a, b)| a * b).sum();
-            assert!((got - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{got} vs {exact}");
+            assert!(
+                (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "{got} vs {exact}"
+            );
         };
         let mut b = vec![BlockQ4_0::zeroed(); 5];
         quantize_q4_0(&w, &mut b);

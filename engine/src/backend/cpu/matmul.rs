@@ -65,9 +65,11 @@ pub fn uses_int8(w: &HostTensor) -> bool {
 /// How activations are quantised for the integer kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActPrecision {
-    /// int8 per 32-block, as ggml (Q8_0/Q8_1): the fastest integer dot products.
+    /// int8 per 32-block, as ggml (Q8_0/Q8_1), for decode and prefill alike: the fastest
+    /// integer dot products, but not accurate enough to keep every real model's answers.
     Int8,
-    /// int16 per 32-block: ~256× finer, within float rounding of f32 activations.
+    /// int16 per 32-block (~256× finer, within float rounding of f32 activations) for
+    /// decode; prefill dequantises weight panels to f32.
     Int16,
     /// f32 activations against weight rows dequantised to f32 (the slow reference).
     F32,
@@ -124,7 +126,12 @@ pub fn matmul(
     // f32 once, then f32 FMA tiles, beats per-block integer dots (whose per-block scale
     // handling costs as much as the multiply) and is exact. Decode streams the stored
     // blocks through the integer kernels.
-    if uses_int8(w) && prec != ActPrecision::F32 && t_rows < DEQUANT_MIN_ROWS {
+    let integer = match prec {
+        ActPrecision::Int8 => true,
+        ActPrecision::Int16 => t_rows < DEQUANT_MIN_ROWS,
+        ActPrecision::F32 => false,
+    };
+    if uses_int8(w) && integer {
         let nb = k / QK;
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
         let buf = &mut *guard;
@@ -217,21 +224,34 @@ pub fn matmul(
                 add_bias(n0, n1);
                 continue;
             }
+            let extra = simd::panel_scratch(isa, n1 - n0);
+            let panel_len = if dtype == DType::F32 {
+                0
+            } else {
+                (n1 - n0) * k
+            };
+            let buf = ctx.scratch.f32s(panel_len + extra);
+            let (panel, acc) = buf.split_at_mut(panel_len);
             let rows: &[f32] = if dtype == DType::F32 {
                 bytemuck::cast_slice(raw)
             } else {
-                let buf = ctx.scratch.f32s((n1 - n0) * k);
                 if dtype.is_quantized() {
-                    for (r, o) in buf.chunks_exact_mut(k).enumerate() {
+                    for (r, o) in panel.chunks_exact_mut(k).enumerate() {
                         simd::dequantize(isa, dtype, &raw[r * row_bytes..(r + 1) * row_bytes], o);
                     }
                 } else {
-                    convert_to_f32(dtype, raw, buf);
+                    convert_to_f32(dtype, raw, panel);
                 }
-                buf
+                panel
             };
             // SAFETY: output columns n0..n1 are this item's.
-            unsafe { simd::fgemm(isa, rows, n1 - n0, x, k, outp, n0) };
+            unsafe {
+                if t_rows >= DEQUANT_MIN_ROWS {
+                    simd::fgemm_panel(isa, rows, n1 - n0, x, k, outp, n0, acc);
+                } else {
+                    simd::fgemm(isa, rows, n1 - n0, x, k, outp, n0);
+                }
+            }
             add_bias(n0, n1);
         }
     });
@@ -340,7 +360,8 @@ mod tests {
                         // The integer path is exact up to float rounding against the
                         // scalar matmul of the quantised activations; from
                         // DEQUANT_MIN_ROWS rows on, activations stay f32.
-                        let xr = if uses_int8(&w) && t < DEQUANT_MIN_ROWS {
+                        let integer = prec == ActPrecision::Int8 || t < DEQUANT_MIN_ROWS;
+                        let xr = if uses_int8(&w) && integer {
                             requantised(&x, k, prec)
                         } else {
                             x.clone()

@@ -41,12 +41,9 @@ pub fn load_decoder<B: Backend>(
     context_len: usize,
 ) -> Result<Box<dyn Decoder<B>>> {
     Ok(match cfg.arch {
-        LlmArch::Llama | LlmArch::Qwen2 | LlmArch::Phi3 => Box::new(llama::Llama::load(
-            be.clone(),
-            cfg.clone(),
-            w,
-            context_len,
-        )?),
+        LlmArch::Llama | LlmArch::Qwen2 | LlmArch::Phi3 => {
+            Box::new(llama::Llama::load(be.clone(), cfg.clone(), w, context_len)?)
+        }
         LlmArch::Phi2 => Box::new(phi2::Phi2::load(be.clone(), cfg.clone(), w, context_len)?),
     })
 }

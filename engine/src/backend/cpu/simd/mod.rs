@@ -299,6 +299,43 @@ pub unsafe fn fgemm_native(
     }
 }
 
+/// Scratch values [`fgemm_panel`] wants for a panel of `rows` weight rows.
+pub fn panel_scratch(isa: Isa, rows: usize) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::blocked_scratch(rows),
+        _ => {
+            let _ = rows;
+            0
+        }
+    }
+}
+
+/// [`fgemm`] for a prefill panel (many activation rows): K-blocked where the flavour has it.
+///
+/// # Safety
+/// As [`fgemm`]; `acc` holds [`panel_scratch`]`(isa, rows)` values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fgemm_panel(
+    isa: Isa,
+    w: &[f32],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+    acc: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::fgemm_blocked_avx512(w, rows, x, k, out, r0, acc) },
+        _ => {
+            let _ = acc;
+            unsafe { fgemm(isa, w, rows, x, k, out, r0) }
+        }
+    }
+}
+
 /// Quantised weight bytes (whole blocks) to f32.
 pub fn dequantize(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match isa {

@@ -1373,3 +1373,117 @@ pub unsafe fn dequantize_avx512(dtype: DType, bytes: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// K-blocked f32 GEMM for prefill panels: the 4 activation rows of a tile stay in L1 while
+// every 4-row tile of the weight panel passes over one 512-wide slice of them.
+
+/// Length of a K slice.
+const KB: usize = 512;
+
+/// Scratch values [`fgemm_blocked_avx512`] needs for a panel of `rows` rows.
+pub fn blocked_scratch(rows: usize) -> usize {
+    rows / 4 * 256
+}
+
+/// # Safety
+/// The CPU must have the AVX-512 level; `acc` holds [`blocked_scratch`]`(rows)` values;
+/// other arguments as in [`super::fgemm`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn fgemm_blocked_avx512(
+    w: &[f32],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+    acc: &mut [f32],
+) {
+    let t_rows = x.len() / k.max(1);
+    let (rows4, t4) = (rows / 4 * 4, t_rows / 4 * 4);
+    let r_tiles = rows4 / 4;
+    assert!(acc.len() >= r_tiles * 256 && w.len() >= rows * k);
+    unsafe {
+        let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
+        for c in (0..t4).step_by(4) {
+            acc[..r_tiles * 256].fill(0.0);
+            let mut k0 = 0;
+            while k0 < k {
+                let kn = KB.min(k - k0);
+                let full = kn / 16 * 16;
+                for rt in 0..r_tiles {
+                    let slot = ap.add(rt * 256);
+                    let mut a: [[__m512; 4]; 4] = std::array::from_fn(|r| {
+                        std::array::from_fn(|cc| _mm512_loadu_ps(slot.add((r * 4 + cc) * 16)))
+                    });
+                    let wr = wp.add(rt * 4 * k + k0);
+                    let xr = xp.add(c * k + k0);
+                    let mut i = 0;
+                    while i < full {
+                        let xv: [__m512; 4] =
+                            std::array::from_fn(|cc| _mm512_loadu_ps(xr.add(cc * k + i)));
+                        for r in 0..4 {
+                            let wv = _mm512_loadu_ps(wr.add(r * k + i));
+                            for cc in 0..4 {
+                                a[r][cc] = _mm512_fmadd_ps(wv, xv[cc], a[r][cc]);
+                            }
+                        }
+                        i += 16;
+                    }
+                    if full < kn {
+                        let m: __mmask16 = (1u32 << (kn - full)).wrapping_sub(1) as u16;
+                        let xv: [__m512; 4] = std::array::from_fn(|cc| {
+                            _mm512_maskz_loadu_ps(m, xr.add(cc * k + full))
+                        });
+                        for r in 0..4 {
+                            let wv = _mm512_maskz_loadu_ps(m, wr.add(r * k + full));
+                            for cc in 0..4 {
+                                a[r][cc] = _mm512_fmadd_ps(wv, xv[cc], a[r][cc]);
+                            }
+                        }
+                    }
+                    for r in 0..4 {
+                        for cc in 0..4 {
+                            _mm512_storeu_ps(slot.add((r * 4 + cc) * 16), a[r][cc]);
+                        }
+                    }
+                }
+                k0 += kn;
+            }
+            for rt in 0..r_tiles {
+                for r in 0..4 {
+                    for cc in 0..4 {
+                        let v = _mm512_loadu_ps(ap.add(rt * 256 + (r * 4 + cc) * 16));
+                        out.write(c + cc, r0 + rt * 4 + r, _mm512_reduce_add_ps(v));
+                    }
+                }
+            }
+        }
+        // Tails: rows past the last 4-row tile (all activation rows), and activation rows
+        // past the last 4-row tile (the tiled weight rows).
+        if rows4 < rows {
+            fgemm512::<WF32>(
+                bytemuck::cast_slice(&w[rows4 * k..rows * k]),
+                rows - rows4,
+                x,
+                k,
+                out,
+                r0 + rows4,
+            );
+        }
+        if t4 < t_rows && rows4 > 0 {
+            let tail_out = OutPtr {
+                ptr: out.ptr.add(t4 * out.ld),
+                ld: out.ld,
+            };
+            fgemm512::<WF32>(
+                bytemuck::cast_slice(&w[..rows4 * k]),
+                rows4,
+                &x[t4 * k..],
+                k,
+                tail_out,
+                r0,
+            );
+        }
+    }
+}

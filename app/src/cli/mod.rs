@@ -1,6 +1,7 @@
 //! Command-line subcommands, one file each. The contract (flags, output formats) is in
 //! ARCHITECTURE.md; tests and benchmarks rely on it.
 
+mod bench;
 mod embed_image;
 mod info;
 mod logits;
@@ -36,6 +37,8 @@ enum Commands {
     EmbedImage(embed_image::EmbedImageArgs),
     /// Quantise a checkpoint to a new directory, or to a llama.cpp GGUF file.
     Quantize(quantize::QuantizeArgs),
+    /// Time load, vision, prefill and decode; peak memory; the decode roofline ratio.
+    Bench(bench::BenchArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -95,6 +98,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Commands::Info(a)) => info::run(a),
         Some(Commands::EmbedImage(a)) => embed_image::run(a),
         Some(Commands::Quantize(a)) => quantize::run(a),
+        Some(Commands::Bench(a)) => bench::run(a),
         None => pocketvlm::gui::run(),
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod llm;
 pub mod projector;
 pub mod spec;
+pub mod synthetic;
 pub mod vision;
 pub mod vlm;
 
@@ -127,6 +128,11 @@ pub trait Model: Send {
     fn weight_bytes(&self) -> usize;
     /// Bytes currently allocated for the KV cache.
     fn kv_bytes(&self) -> usize;
+    /// Weight bytes one decoded token reads (the language model, without an untied
+    /// embedding table, of which it reads one row).
+    fn decode_weight_bytes(&self) -> usize {
+        self.weight_bytes()
+    }
     fn backend_name(&self) -> String;
 }
 

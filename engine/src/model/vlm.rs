@@ -294,6 +294,10 @@ impl<B: Backend> Model for Vlm<B> {
         self.decoder.kv_bytes()
     }
 
+    fn decode_weight_bytes(&self) -> usize {
+        self.decoder.decode_weight_bytes()
+    }
+
     fn backend_name(&self) -> String {
         self.be.name()
     }

@@ -1,84 +1,260 @@
-//! Multithreaded `out = x · wᵀ + bias` for weights in their stored format.
+//! `out = x · wᵀ + bias` for weights in their stored format, on the thread pool.
 //!
-//! Work is split over blocks of output features: each task converts one weight row at a
-//! time to f32 (a no-op view for f32 weights) and dots it with every activation row, so a
-//! prefill of T tokens reads and converts each weight row once, not T times.
+//! - Quantised weights (Q4_0, Q4_1, Q8_0), few activation rows (decode): the rows are
+//!   quantised once per call (by the calling thread) to int16 per 32-block (default: as
+//!   accurate as f32 activations on real models) or int8 as ggml does (`POCKETVLM_ACT=int8`),
+//!   and the SIMD integer kernels dot them with the weight blocks as stored — every weight
+//!   byte is read once per call.
+//! - Quantised weights, from [`DEQUANT_MIN_ROWS`] rows on (prefill, vision): compute-bound,
+//!   so each task dequantises its panel of weight rows to f32 once (SIMD) and runs the float
+//!   tiles below over every activation row — fewer instructions per multiply than per-block
+//!   integer dots with their scale handling, and exact.
+//! - Float weights (F32, F16, BF16): each task converts its panel of weight rows to f32
+//!   once (in its scratch arena; F32 rows are used in place) and multiplies it with every
+//!   activation row in register tiles.
+//!
+//! Work items are panels of consecutive output features, claimed from an atomic counter
+//! (cheap, and balanced when a core is busy elsewhere). A decode step's panels are small so
+//! both cores stream; a prefill's are 16–32 rows so the panel stays in L1/L2 while every
+//! activation row passes over it.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
+use super::pool::ThreadPool;
+use super::simd::{self, Isa, OutPtr, Q8Acts, TILE_R};
+use crate::quant::QK;
 use crate::tensor::{DType, HostTensor, convert_to_f32};
 
-/// Output features per task: large enough to amortise scheduling, small enough to balance.
-fn block_size(n_out: usize, threads: usize) -> usize {
-    (n_out / (threads * 8)).clamp(8, 256)
+/// Reused buffers for quantised activations.
+#[derive(Default)]
+pub struct ActBuf {
+    qs: Vec<i8>,
+    qs16: Vec<i16>,
+    d: Vec<f32>,
+    s: Vec<f32>,
 }
 
-/// A pointer to the output that tasks write disjoint columns of.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a distinct set of columns, so no two threads touch one element.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+struct SyncPtr<T>(*mut T);
+// SAFETY: used for buffers written before the job starts and only read inside it.
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
 
-impl OutPtr {
-    /// Taking `self` makes closures capture the whole (Send) wrapper, not the raw field.
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers pass an index inside the output slice.
-        unsafe { self.0.add(i) }
-    }
+/// Activation rows from which quantised weights are dequantised to f32 panels.
+pub const DEQUANT_MIN_ROWS: usize = 8;
+
+/// Output features per work item.
+fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> usize {
+    let rows = if t_rows <= 2 {
+        // Decode: enough items to balance two busy cores, few enough to keep the atomic cold.
+        (n_out / (threads * 8)).clamp(8, 128)
+    } else if quantised {
+        16
+    } else {
+        32
+    };
+    rows.div_ceil(TILE_R) * TILE_R
 }
 
-/// Dot product with independent accumulators so the compiler can vectorise it.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let (a_main, a_tail) = a.split_at(a.len() / LANES * LANES);
-    let (b_main, b_tail) = b.split_at(a_main.len());
-    for (ca, cb) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += ca[i] * cb[i];
+/// Whether this weight takes the integer path.
+pub fn uses_int8(w: &HostTensor) -> bool {
+    let (_, k) = w.rows_cols();
+    w.dtype.is_quantized() && k.is_multiple_of(QK)
+}
+
+/// How activations are quantised for the integer kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActPrecision {
+    /// int8 per 32-block, as ggml (Q8_0/Q8_1), for decode and prefill alike: the fastest
+    /// integer dot products, but not accurate enough to keep every real model's answers.
+    Int8,
+    /// int16 per 32-block (~256× finer, within float rounding of f32 activations) for
+    /// decode; prefill dequantises weight panels to f32.
+    Int16,
+    /// f32 activations against weight rows dequantised to f32 (the slow reference).
+    F32,
+}
+
+impl ActPrecision {
+    /// The default, or `POCKETVLM_ACT=int8|int16`.
+    pub fn from_env() -> Self {
+        match std::env::var("POCKETVLM_ACT").as_deref() {
+            Ok("int8") => ActPrecision::Int8,
+            Ok("f32") => ActPrecision::F32,
+            _ => ActPrecision::Int16,
         }
     }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        sum += x * y;
-    }
-    sum
 }
 
-/// Must be called inside the backend's thread pool.
-pub fn matmul(x: &[f32], w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32], threads: usize) {
+/// `out[t][n] = Σ_k x[t][k] · w[n][k] + bias[n]` (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    pool: &ThreadPool,
+    isa: Isa,
+    prec: ActPrecision,
+    acts: &Mutex<ActBuf>,
+    x: &[f32],
+    w: &HostTensor,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (n_out, k) = w.rows_cols();
-    let t_rows = x.len() / k.max(1);
-    assert_eq!(out.len(), t_rows * n_out);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let t_rows = x.len().checked_div(k).unwrap_or(0);
+    assert_eq!(out.len(), t_rows * n_out, "matmul output size");
+    if t_rows == 0 || n_out == 0 {
+        return;
+    }
+    let threads = pool.threads();
+    let outp = OutPtr {
+        ptr: out.as_mut_ptr(),
+        ld: n_out,
+    };
     let bytes = w.bytes();
     let row_bytes = w.row_bytes();
-    let block = block_size(n_out, threads);
-    let n_blocks = n_out.div_ceil(block);
-
-    (0..n_blocks).into_par_iter().for_each_init(
-        || vec![0.0f32; k],
-        |row_buf, b| {
-            for n in b * block..((b + 1) * block).min(n_out) {
-                let row_data = &bytes[n * row_bytes..(n + 1) * row_bytes];
-                let row: &[f32] = if w.dtype == DType::F32 {
-                    bytemuck::cast_slice(row_data)
-                } else {
-                    convert_to_f32(w.dtype, row_data, row_buf);
-                    row_buf
-                };
-                let b_n = bias.map_or(0.0, |b| b[n]);
-                for (t, xr) in x.chunks_exact(k).enumerate() {
-                    let v = dot(xr, row) + b_n;
-                    // SAFETY: `t * n_out + n` is in bounds (checked above) and column `n`
-                    // belongs to this task alone.
-                    unsafe { *out_ptr.at(t * n_out + n) = v };
+    let add_bias = |n0: usize, n1: usize| {
+        if let Some(b) = bias {
+            for t in 0..t_rows {
+                for (n, &bn) in b.iter().enumerate().take(n1).skip(n0) {
+                    // SAFETY: the columns n0..n1 belong to the calling work item.
+                    unsafe { outp.add(t, n, bn) };
                 }
             }
-        },
-    );
+        }
+    };
+
+    // Prefill (many activation rows) is compute-bound: a panel of weight rows dequantised to
+    // f32 once, then f32 FMA tiles, beats per-block integer dots (whose per-block scale
+    // handling costs as much as the multiply) and is exact. Decode streams the stored
+    // blocks through the integer kernels.
+    let integer = match prec {
+        ActPrecision::Int8 => true,
+        ActPrecision::Int16 => t_rows < DEQUANT_MIN_ROWS,
+        ActPrecision::F32 => false,
+    };
+    if uses_int8(w) && integer {
+        let nb = k / QK;
+        let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = &mut *guard;
+        let wide = prec == ActPrecision::Int16;
+        if wide {
+            buf.qs16.resize(t_rows * k, 0);
+        } else {
+            buf.qs.resize(t_rows * k, 0);
+        }
+        buf.d.resize(t_rows * nb, 0.0);
+        buf.s.resize(t_rows * nb, 0.0);
+        let (q8, q16) = (SyncPtr(buf.qs.as_mut_ptr()), SyncPtr(buf.qs16.as_mut_ptr()));
+        let (d, s) = (SyncPtr(buf.d.as_mut_ptr()), SyncPtr(buf.s.as_mut_ptr()));
+        // SAFETY: the buffers were sized above and nothing else uses them now.
+        let quantize = |r: std::ops::Range<usize>| unsafe {
+            let (q8, q16, d, s) = (q8, q16, d, s);
+            let x = &x[r.start * k..r.end * k];
+            let d = std::slice::from_raw_parts_mut(d.0.add(r.start * nb), r.len() * nb);
+            let s = std::slice::from_raw_parts_mut(s.0.add(r.start * nb), r.len() * nb);
+            if wide {
+                let q = std::slice::from_raw_parts_mut(q16.0.add(r.start * k), r.len() * k);
+                simd::quantize_rows16(isa, x, q, d, s);
+            } else {
+                let q = std::slice::from_raw_parts_mut(q8.0.add(r.start * k), r.len() * k);
+                simd::quantize_rows(isa, x, q, d, s);
+            }
+        };
+        quantize(0..t_rows);
+        let panel = panel_rows(n_out, t_rows, threads, true);
+        let items = n_out.div_ceil(panel);
+        pool.run(|ctx| {
+            let (q8, q16, d, s) = (q8, q16, d, s);
+            // SAFETY: fully written before the job started; read-only here.
+            let (dd, ss) = unsafe {
+                (
+                    std::slice::from_raw_parts(d.0 as *const f32, t_rows * nb),
+                    std::slice::from_raw_parts(s.0 as *const f32, t_rows * nb),
+                )
+            };
+            loop {
+                let i = ctx.next();
+                if i >= items {
+                    break;
+                }
+                let n0 = i * panel;
+                let n1 = (n0 + panel).min(n_out);
+                let wr = &bytes[n0 * row_bytes..n1 * row_bytes];
+                // SAFETY: rows n0..n1 are inside `w`; output columns n0..n1 are this item's.
+                unsafe {
+                    if wide {
+                        let a = simd::Q16Acts {
+                            qs: std::slice::from_raw_parts(q16.0, t_rows * k),
+                            d: dd,
+                            s: ss,
+                            nb,
+                        };
+                        simd::qgemm16(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
+                    } else {
+                        let a = Q8Acts {
+                            qs: std::slice::from_raw_parts(q8.0, t_rows * k),
+                            d: dd,
+                            s: ss,
+                            nb,
+                        };
+                        simd::qgemm(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
+                    }
+                }
+                add_bias(n0, n1);
+            }
+        });
+        return;
+    }
+
+    let panel = panel_rows(n_out, t_rows, threads, false);
+    let items = n_out.div_ceil(panel);
+    let dtype = w.dtype;
+    pool.run(|ctx| {
+        loop {
+            let i = ctx.next();
+            if i >= items {
+                break;
+            }
+            let n0 = i * panel;
+            let n1 = (n0 + panel).min(n_out);
+            let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
+            // SAFETY: output columns n0..n1 are this item's.
+            if !dtype.is_quantized()
+                && unsafe { simd::fgemm_native(isa, dtype, raw, n1 - n0, x, k, outp, n0) }
+            {
+                add_bias(n0, n1);
+                continue;
+            }
+            let extra = simd::panel_scratch(isa, n1 - n0);
+            let panel_len = if dtype == DType::F32 {
+                0
+            } else {
+                (n1 - n0) * k
+            };
+            let buf = ctx.scratch.f32s(panel_len + extra);
+            let (panel, acc) = buf.split_at_mut(panel_len);
+            let rows: &[f32] = if dtype == DType::F32 {
+                bytemuck::cast_slice(raw)
+            } else {
+                if dtype.is_quantized() {
+                    for (r, o) in panel.chunks_exact_mut(k).enumerate() {
+                        simd::dequantize(isa, dtype, &raw[r * row_bytes..(r + 1) * row_bytes], o);
+                    }
+                } else {
+                    convert_to_f32(dtype, raw, panel);
+                }
+                panel
+            };
+            // SAFETY: output columns n0..n1 are this item's.
+            unsafe {
+                if t_rows >= DEQUANT_MIN_ROWS {
+                    simd::fgemm_panel(isa, rows, n1 - n0, x, k, outp, n0, acc);
+                } else {
+                    simd::fgemm(isa, rows, n1 - n0, x, k, outp, n0);
+                }
+            }
+            add_bias(n0, n1);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -88,7 +264,7 @@ mod tests {
     use crate::tensor::Storage;
     use half::{bf16, f16};
 
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed | 1;
         (0..n)
             .map(|_| {
@@ -100,7 +276,7 @@ mod tests {
             .collect()
     }
 
-    fn weight(dtype: DType, n: usize, k: usize, seed: u64) -> HostTensor {
+    pub(crate) fn weight(dtype: DType, n: usize, k: usize, seed: u64) -> HostTensor {
         let v = rand_vec(n * k, seed);
         let bytes: Vec<u8> = match dtype {
             DType::F32 => bytemuck::cast_slice(&v).to_vec(),
@@ -117,40 +293,118 @@ mod tests {
         HostTensor::new(dtype, vec![n, k], Storage::from_bytes(&bytes))
     }
 
-    #[test]
-    fn threaded_matches_scalar_on_ragged_shapes() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q8_0,
-        ] {
-            for &(t, n, k) in &[
-                (1, 1, 1),
-                (1, 7, 33),
-                (3, 300, 17),
-                (5, 1000, 64),
-                (2, 9, 129),
-            ] {
-                let w = weight(dtype, n, k, (n * 31 + k) as u64);
-                let x = rand_vec(t * k, 7 + t as u64);
-                let bias = rand_vec(n, 99);
-                let mut expected = vec![0.0; t * n];
-                scalar::matmul(&x, &w, Some(&bias), &mut expected);
-                let mut got = vec![0.0; t * n];
-                pool.install(|| matmul(&x, &w, Some(&bias), &mut got, 3));
-                for (a, b) in got.iter().zip(&expected) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()) * k as f32,
-                        "{dtype} {t}x{n}x{k}: {a} vs {b}"
-                    );
+    /// The activations as the integer path sees them (quantised, then dequantised).
+    fn requantised(x: &[f32], k: usize, prec: ActPrecision) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+            for (xb, ob) in xr.chunks_exact(QK).zip(or.chunks_exact_mut(QK)) {
+                if prec == ActPrecision::Int8 {
+                    let mut q = [0i8; QK];
+                    let (d, _) = simd::generic::quantize_block(xb, &mut q);
+                    for (o, &v) in ob.iter_mut().zip(&q) {
+                        *o = v as f32 * d;
+                    }
+                } else {
+                    let mut q = [0i16; QK];
+                    let (d, _) = simd::generic::quantize_block16(xb, &mut q);
+                    for (o, &v) in ob.iter_mut().zip(&q) {
+                        *o = v as f32 * d;
+                    }
                 }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_flavour_and_thread_count_matches_scalar_on_ragged_shapes() {
+        for (isa, prec) in Isa::available()
+            .into_iter()
+            .flat_map(|i| [(i, ActPrecision::Int8), (i, ActPrecision::Int16)])
+        {
+            for threads in [1, 3] {
+                let pool = ThreadPool::new(threads).unwrap();
+                let acts = Mutex::new(ActBuf::default());
+                for dtype in [
+                    DType::F32,
+                    DType::F16,
+                    DType::BF16,
+                    DType::Q4_0,
+                    DType::Q4_1,
+                    DType::Q8_0,
+                ] {
+                    let shapes: &[(usize, usize, usize)] = if dtype.is_quantized() {
+                        &[
+                            (1, 1, 32),
+                            (1, 7, 64),
+                            (3, 300, 96),
+                            (5, 33, 160),
+                            (2, 9, 32),
+                            (9, 130, 256),
+                            (1, 258, 2048),
+                        ]
+                    } else {
+                        &[
+                            (1, 1, 1),
+                            (1, 7, 33),
+                            (3, 300, 17),
+                            (5, 100, 64),
+                            (2, 9, 129),
+                            (9, 37, 200),
+                        ]
+                    };
+                    for &(t, n, k) in shapes {
+                        let w = weight(dtype, n, k, (n * 31 + k) as u64);
+                        let x = rand_vec(t * k, 7 + t as u64);
+                        let bias = rand_vec(n, 99);
+                        // The integer path is exact up to float rounding against the
+                        // scalar matmul of the quantised activations; from
+                        // DEQUANT_MIN_ROWS rows on, activations stay f32.
+                        let integer = prec == ActPrecision::Int8 || t < DEQUANT_MIN_ROWS;
+                        let xr = if uses_int8(&w) && integer {
+                            requantised(&x, k, prec)
+                        } else {
+                            x.clone()
+                        };
+                        let mut expected = vec![0.0; t * n];
+                        scalar::matmul(&xr, &w, Some(&bias), &mut expected);
+                        let mut got = vec![0.0; t * n];
+                        matmul(&pool, isa, prec, &acts, &x, &w, Some(&bias), &mut got);
+                        for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 2e-6 * (1.0 + b.abs()) * (k as f32).sqrt() * 4.0,
+                                "{isa:?} {prec:?} {threads}t {dtype} {t}x{n}x{k} [{i}]: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integer_paths_stay_close_to_f32_activations() {
+        let pool = ThreadPool::new(2).unwrap();
+        let acts = Mutex::new(ActBuf::default());
+        let (t, n, k) = (3, 64, 1024);
+        for (dtype, prec, tol) in [DType::Q4_0, DType::Q4_1, DType::Q8_0]
+            .into_iter()
+            .flat_map(|d| {
+                [
+                    (d, ActPrecision::Int8, 0.02),
+                    (d, ActPrecision::Int16, 1e-4),
+                ]
+            })
+        {
+            let w = weight(dtype, n, k, 5);
+            let x = rand_vec(t * k, 11);
+            let mut exact = vec![0.0; t * n];
+            scalar::matmul(&x, &w, None, &mut exact);
+            let mut got = vec![0.0; t * n];
+            matmul(&pool, Isa::detect(), prec, &acts, &x, &w, None, &mut got);
+            let scale = exact.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            for (a, b) in got.iter().zip(&exact) {
+                assert!((a - b).abs() <= tol * scale, "{dtype} {prec:?}: {a} vs {b}");
             }
         }
     }

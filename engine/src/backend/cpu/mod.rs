@@ -1,18 +1,29 @@
-//! The CPU backend: scalar reference kernels (`scalar`) and the multithreaded paths the
-//! models run (`matmul`, attention split over heads). Weights are the loaded bytes
-//! themselves (memory-mapped where the file allowed it); 1-D weights (norms, biases) are
-//! converted to f32 once at load because every token reads all of them.
+//! The CPU backend: scalar reference kernels (`scalar`, the truth every other kernel is
+//! tested against), SIMD flavours chosen at run time (`simd`: x86_64 AVX2/AVX-512-VNNI,
+//! aarch64 NEON/dotprod), multiversioned element-wise and attention kernels (`ops`), the
+//! quantised/float matmul driver (`matmul`) and a persistent thread pool (`pool`).
+//!
+//! Weights are the loaded bytes themselves (memory-mapped where the file allowed it); 1-D
+//! weights (norms, biases) are converted to f32 once at load because every token reads all
+//! of them. Small ops (a decode step's norms, RoPE, residual adds) run on the calling
+//! thread: waking the pool would cost more than the work.
 
 pub mod matmul;
+pub mod ops;
+pub mod pool;
 pub mod scalar;
+pub mod simd;
 
-use rayon::prelude::*;
-
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{Activation, AttentionShape, Backend, Grid, RopeShape};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostTensor};
+use pool::ThreadPool;
+pub use simd::Isa;
+
+/// Element-wise ops smaller than this run on the calling thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// Activations: `rows × cols` f32 values in a buffer with room for `capacity` rows.
 #[derive(Clone, Debug)]
@@ -34,31 +45,80 @@ impl CpuTensor {
     }
 }
 
+struct Inner {
+    pool: ThreadPool,
+    isa: Isa,
+    precision: matmul::ActPrecision,
+    acts: Mutex<matmul::ActBuf>,
+}
+
 #[derive(Clone)]
 pub struct CpuBackend {
-    pool: Arc<rayon::ThreadPool>,
-    threads: usize,
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint parts of the buffer behind it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Taking `self` makes closures capture the whole (Sync) wrapper.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 impl CpuBackend {
-    /// A backend running on `threads` threads (default: the machine's available parallelism).
+    /// A backend running on `threads` threads (default: the physical cores available to
+    /// this process), with the best instruction set the CPU has.
     pub fn new(threads: Option<usize>) -> Result<Self> {
-        let threads = threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("pocketvlm-cpu-{i}"))
-            .build()
+        Self::with_isa(threads, Isa::detect())
+    }
+
+    /// The same with a given instruction-set level (which the CPU must have).
+    pub fn with_isa(threads: Option<usize>, isa: Isa) -> Result<Self> {
+        Self::with_options(threads, isa, matmul::ActPrecision::from_env())
+    }
+
+    /// The same with a given activation precision for quantised weights.
+    pub fn with_options(
+        threads: Option<usize>,
+        isa: Isa,
+        precision: matmul::ActPrecision,
+    ) -> Result<Self> {
+        if !Isa::available().contains(&isa) {
+            return Err(Error::InvalidArgument(format!(
+                "this CPU cannot run the {} kernels",
+                isa.name()
+            )));
+        }
+        let threads = threads.unwrap_or_else(pool::physical_cores).max(1);
+        let pool = ThreadPool::new(threads)
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
         Ok(CpuBackend {
-            pool: Arc::new(pool),
-            threads,
+            inner: Arc::new(Inner {
+                pool,
+                isa,
+                precision,
+                acts: Mutex::new(matmul::ActBuf::default()),
+            }),
         })
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.inner.pool.threads()
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.inner.isa
+    }
+
+    /// The backend's thread pool (benchmarks run their own jobs on it).
+    pub fn pool(&self) -> &ThreadPool {
+        &self.inner.pool
     }
 
     fn f32_slice<'a>(&self, w: &'a HostTensor) -> &'a [f32] {
@@ -69,6 +129,78 @@ impl CpuBackend {
         );
         bytemuck::cast_slice(w.bytes())
     }
+
+    /// Runs `f(first_row, rows)` over consecutive row ranges of `data` (`cols` wide) — on
+    /// the pool when the op is large, else inline.
+    fn rows_mut(&self, data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        let rows = data.len().checked_div(cols).unwrap_or(0);
+        if data.len() < PARALLEL_MIN_ELEMENTS || rows < 2 || self.threads() == 1 {
+            return f(0, data);
+        }
+        let ptr = SendPtr(data.as_mut_ptr());
+        let items = rows.min(self.threads() * 4);
+        let per = rows.div_ceil(items);
+        self.inner.pool.run(|ctx| {
+            loop {
+                let i = ctx.next();
+                let start = i * per;
+                if start >= rows {
+                    break;
+                }
+                let end = (start + per).min(rows);
+                // SAFETY: each item owns rows start..end of `data`.
+                let part = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.at(start * cols), (end - start) * cols)
+                };
+                f(start, part);
+            }
+        });
+    }
+}
+
+/// Fills an attention tile's scores with the flavour's dedicated kernel, if it has one.
+#[allow(clippy::too_many_arguments)]
+fn fast_scores(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    shape: AttentionShape,
+    pos0: usize,
+    h: usize,
+    t0: usize,
+    nt: usize,
+    n_keys: usize,
+    scores: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && shape.head_dim.is_multiple_of(16) {
+        let hd = shape.head_dim;
+        let (q_cols, kv_cols) = (shape.n_heads * hd, shape.n_kv_heads * hd);
+        let kvh = h / (shape.n_heads / shape.n_kv_heads);
+        let (first, last) = ops::key_span(shape, pos0, t0, nt, n_keys);
+        let span = last - first;
+        assert!(
+            scores.len() >= nt * span && (t0 + nt) * q_cols <= q.len() && last * kv_cols <= k.len()
+        );
+        // SAFETY: the rows read are inside q and k, the writes inside scores (checked).
+        unsafe {
+            simd::x86::attn_scores_avx512(
+                q.as_ptr().add(t0 * q_cols + h * hd),
+                q_cols,
+                nt,
+                k.as_ptr().add(first * kv_cols + kvh * hd),
+                kv_cols,
+                span,
+                hd,
+                shape.scale,
+                scores.as_mut_ptr(),
+                span,
+            );
+        }
+        return true;
+    }
+    let _ = (isa, q, k, shape, pos0, h, t0, nt, n_keys, scores);
+    false
 }
 
 impl Backend for CpuBackend {
@@ -76,7 +208,7 @@ impl Backend for CpuBackend {
     type Weight = HostTensor;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
+        format!("cpu ({} threads, {})", self.threads(), self.isa().name())
     }
 
     fn weight(&self, t: HostTensor) -> Result<HostTensor> {
@@ -155,12 +287,11 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &HostTensor, eps: f32, out: &mut CpuTensor) {
         self.set_rows(out, x.rows);
-        scalar::rms_norm(
-            x.as_slice(),
-            self.f32_slice(weight),
-            eps,
-            out.as_mut_slice(),
-        );
+        let (w, isa, xs) = (self.f32_slice(weight), self.isa(), x.as_slice());
+        let c = x.cols;
+        self.rows_mut(out.as_mut_slice(), c, |r0, o| {
+            ops::rms_norm(isa, &xs[r0 * c..r0 * c + o.len()], w, eps, o)
+        });
     }
 
     fn layer_norm(
@@ -173,11 +304,9 @@ impl Backend for CpuBackend {
     ) {
         self.set_rows(out, x.rows);
         let (w, b) = (self.f32_slice(weight), self.f32_slice(bias));
-        self.pool.install(|| {
-            out.as_mut_slice()
-                .par_chunks_mut(x.cols)
-                .zip(x.as_slice().par_chunks(x.cols))
-                .for_each(|(o, xr)| scalar::layer_norm(xr, w, b, eps, o));
+        let (isa, xs, c) = (self.isa(), x.as_slice(), x.cols);
+        self.rows_mut(out.as_mut_slice(), c, |r0, o| {
+            ops::layer_norm(isa, &xs[r0 * c..r0 * c + o.len()], w, b, eps, o)
         });
     }
 
@@ -197,8 +326,17 @@ impl Backend for CpuBackend {
         assert_eq!(out.cols, n_out);
         self.set_rows(out, x.rows);
         let bias = bias.map(|b| self.f32_slice(b));
-        self.pool
-            .install(|| matmul::matmul(x.as_slice(), w, bias, out.as_mut_slice(), self.threads));
+        let i = &*self.inner;
+        matmul::matmul(
+            &i.pool,
+            i.isa,
+            i.precision,
+            &i.acts,
+            x.as_slice(),
+            w,
+            bias,
+            out.as_mut_slice(),
+        );
     }
 
     fn rope(
@@ -209,13 +347,11 @@ impl Backend for CpuBackend {
         shape: RopeShape,
         pos0: usize,
     ) {
-        scalar::rope(
-            x.as_mut_slice(),
-            cos.as_slice(),
-            sin.as_slice(),
-            shape,
-            pos0,
-        );
+        let (isa, c) = (self.isa(), x.cols);
+        let (cos, sin) = (cos.as_slice(), sin.as_slice());
+        self.rows_mut(x.as_mut_slice(), c, |r0, part| {
+            ops::rope(isa, part, cos, sin, shape, pos0 + r0)
+        });
     }
 
     fn store_kv(&self, src: &CpuTensor, cache: &mut CpuTensor, pos0: usize) {
@@ -242,66 +378,58 @@ impl Backend for CpuBackend {
         out: &mut CpuTensor,
     ) {
         self.set_rows(out, q.rows);
-        let hd = shape.head_dim;
-        let kv_cols = shape.n_kv_heads * hd;
         let n_keys = k.rows;
-        let (k, v) = (k.as_slice(), v.as_slice());
-        let q_data = q.as_slice();
-        // One task per (row, head): each writes its own head_dim slice of `out`.
-        self.pool.install(|| {
-            out.as_mut_slice()
-                .par_chunks_mut(hd)
-                .enumerate()
-                .for_each(|(i, oh)| {
-                    let (t, h) = (i / shape.n_heads, i % shape.n_heads);
-                    let kvh = h / (shape.n_heads / shape.n_kv_heads);
-                    let keys = scalar::visible_keys(shape, pos0, t, n_keys);
-                    // Gather this head's visible keys and values into contiguous rows.
-                    let mut kh = Vec::with_capacity(keys.len() * hd);
-                    let mut vh = Vec::with_capacity(keys.len() * hd);
-                    for p in keys {
-                        let s = p * kv_cols + kvh * hd;
-                        kh.extend_from_slice(&k[s..s + hd]);
-                        vh.extend_from_slice(&v[s..s + hd]);
-                    }
-                    let one_head = AttentionShape {
-                        n_heads: 1,
-                        n_kv_heads: 1,
-                        causal: false,
-                        window: None,
-                        ..shape
-                    };
-                    let qh = &q_data[t * shape.n_heads * hd + h * hd..][..hd];
-                    scalar::attention(qh, &kh, &vh, one_head, 0, oh);
-                });
+        let (k, v, q_data) = (k.as_slice(), v.as_slice(), q.as_slice());
+        let isa = self.isa();
+        let tiles = q.rows.div_ceil(ops::ATTN_TILE);
+        let items = shape.n_heads * tiles;
+        let out_ptr = ops::RowsPtr {
+            ptr: out.as_mut_slice().as_mut_ptr(),
+            ld: shape.n_heads * shape.head_dim,
+        };
+        let q_rows = q.rows;
+        // One item per (head, tile of query rows); each writes its own slices of `out`.
+        self.inner.pool.run(|ctx| {
+            let items_counter = ctx.items();
+            let scores = ctx.scratch.f32s(ops::ATTN_TILE * n_keys.max(1));
+            loop {
+                let i = items_counter.next();
+                if i >= items {
+                    break;
+                }
+                let (h, tile) = (i % shape.n_heads, i / shape.n_heads);
+                let t0 = tile * ops::ATTN_TILE;
+                let nt = ops::ATTN_TILE.min(q_rows - t0);
+                let ready = fast_scores(isa, q_data, k, shape, pos0, h, t0, nt, n_keys, scores);
+                ops::attention_tile(
+                    isa, q_data, k, v, shape, pos0, h, t0, nt, scores, ready, out_ptr,
+                );
+            }
         });
     }
 
     fn activate(&self, x: &mut CpuTensor, act: Activation) {
-        self.pool.install(|| {
-            x.as_mut_slice()
-                .par_chunks_mut(4096)
-                .for_each(|c| scalar::activate(c, act));
-        });
+        let isa = self.isa();
+        let c = x.cols;
+        self.rows_mut(x.as_mut_slice(), c, |_, part| ops::activate(isa, part, act));
     }
 
     fn gated(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation, out: &mut CpuTensor) {
         self.set_rows(out, gate.rows);
-        self.pool.install(|| {
-            out.as_mut_slice()
-                .par_chunks_mut(4096)
-                .zip(
-                    gate.as_slice()
-                        .par_chunks(4096)
-                        .zip(up.as_slice().par_chunks(4096)),
-                )
-                .for_each(|(o, (g, u))| scalar::gated(g, u, act, o));
+        let (isa, c) = (self.isa(), gate.cols);
+        let (g, u) = (gate.as_slice(), up.as_slice());
+        self.rows_mut(out.as_mut_slice(), c, |r0, o| {
+            let range = r0 * c..r0 * c + o.len();
+            ops::gated(isa, &g[range.clone()], &u[range], act, o)
         });
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
         assert_eq!((x.rows, x.cols), (y.rows, y.cols));
-        scalar::add(x.as_mut_slice(), y.as_slice());
+        let (isa, c, ys) = (self.isa(), x.cols, y.as_slice());
+        self.rows_mut(x.as_mut_slice(), c, |r0, part| {
+            ops::add(isa, part, &ys[r0 * c..r0 * c + part.len()])
+        });
     }
 
     fn mul_channels(&self, x: &mut CpuTensor, scale: &CpuTensor) {
@@ -345,11 +473,9 @@ impl Backend for CpuBackend {
     }
 
     fn softmax(&self, x: &mut CpuTensor) {
-        let cols = x.cols;
-        self.pool.install(|| {
-            x.as_mut_slice()
-                .par_chunks_mut(cols.max(1))
-                .for_each(scalar::softmax);
+        let cols = x.cols.max(1);
+        self.rows_mut(x.as_mut_slice(), cols, |_, rows| {
+            rows.chunks_mut(cols).for_each(scalar::softmax)
         });
     }
 
@@ -381,35 +507,147 @@ mod tests {
             .collect()
     }
 
+    fn close(got: &[f32], expected: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), expected.len(), "{what}");
+        for (i, (a, b)) in got.iter().zip(expected).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()),
+                "{what} [{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    fn upload(be: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
+        let mut t = be.tensor(rows, cols);
+        be.write(&mut t, data);
+        t
+    }
+
     #[test]
     fn attention_matches_scalar_on_ragged_shapes() {
-        let be = CpuBackend::new(Some(3)).unwrap();
-        for &(rows, pos0, heads, kv, hd) in &[(1, 0, 4, 2, 8), (5, 3, 6, 3, 5), (7, 0, 2, 1, 13)] {
-            let shape = AttentionShape {
-                n_heads: heads,
-                n_kv_heads: kv,
-                head_dim: hd,
-                scale: 0.3,
-                causal: true,
-                window: if rows > 4 { Some(3) } else { None },
-            };
-            let ctx = pos0 + rows;
-            let q = rand_vec(rows * heads * hd, 1);
-            let k = rand_vec(ctx * kv * hd, 2);
-            let v = rand_vec(ctx * kv * hd, 3);
-            let mut expected = vec![0.0; rows * heads * hd];
-            scalar::attention(&q, &k, &v, shape, pos0, &mut expected);
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let be = CpuBackend::with_isa(Some(threads), isa).unwrap();
+                for &(rows, pos0, heads, kv, hd, causal) in &[
+                    (1, 0, 4, 2, 8, true),
+                    (5, 3, 6, 3, 5, true),
+                    (7, 0, 2, 1, 13, true),
+                    (1, 40, 9, 3, 64, true),
+                    (9, 0, 3, 3, 300, false),
+                    (6, 2, 2, 2, 16, false),
+                ] {
+                    let shape = AttentionShape {
+                        n_heads: heads,
+                        n_kv_heads: kv,
+                        head_dim: hd,
+                        scale: 0.3,
+                        causal,
+                        window: if causal && rows > 4 { Some(3) } else { None },
+                    };
+                    let ctx = pos0 + rows;
+                    let q = rand_vec(rows * heads * hd, 1);
+                    let k = rand_vec(ctx * kv * hd, 2);
+                    let v = rand_vec(ctx * kv * hd, 3);
+                    let mut expected = vec![0.0; rows * heads * hd];
+                    scalar::attention(&q, &k, &v, shape, pos0, &mut expected);
 
-            let mut qt = be.tensor(rows, heads * hd);
-            be.write(&mut qt, &q);
-            let mut kt = be.tensor(ctx, kv * hd);
-            be.write(&mut kt, &k);
-            let mut vt = be.tensor(ctx, kv * hd);
-            be.write(&mut vt, &v);
-            let mut out = be.tensor(rows, heads * hd);
-            be.attention(&qt, &kt, &vt, shape, pos0, &mut out);
-            for (a, b) in be.read(&out).iter().zip(&expected) {
-                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                    let qt = upload(&be, rows, heads * hd, &q);
+                    let kt = upload(&be, ctx, kv * hd, &k);
+                    let vt = upload(&be, ctx, kv * hd, &v);
+                    let mut out = be.tensor(rows, heads * hd);
+                    be.attention(&qt, &kt, &vt, shape, pos0, &mut out);
+                    close(
+                        &be.read(&out),
+                        &expected,
+                        1e-5,
+                        &format!("{isa:?} attention"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_ops_match_scalar_on_ragged_shapes() {
+        for isa in Isa::available() {
+            let be = CpuBackend::with_isa(Some(2), isa).unwrap();
+            for &(rows, cols) in &[(1, 1), (1, 17), (3, 576), (70, 1000)] {
+                let what = format!("{isa:?} {rows}x{cols}");
+                let x = rand_vec(rows * cols, 5);
+                let y = rand_vec(rows * cols, 6);
+                let w = rand_vec(cols, 7);
+                let b = rand_vec(cols, 8);
+                let xt = upload(&be, rows, cols, &x);
+                let yt = upload(&be, rows, cols, &y);
+                let wt = be.weight(HostTensor::from_f32(vec![cols], &w)).unwrap();
+                let bt = be.weight(HostTensor::from_f32(vec![cols], &b)).unwrap();
+
+                let mut expected = vec![0.0; rows * cols];
+                scalar::rms_norm(&x, &w, 1e-5, &mut expected);
+                let mut out = be.tensor(rows, cols);
+                be.rms_norm(&xt, &wt, 1e-5, &mut out);
+                close(&be.read(&out), &expected, 1e-5, &format!("{what} rms_norm"));
+
+                scalar::layer_norm(&x, &w, &b, 1e-5, &mut expected);
+                be.layer_norm(&xt, &wt, &bt, 1e-5, &mut out);
+                close(
+                    &be.read(&out),
+                    &expected,
+                    1e-5,
+                    &format!("{what} layer_norm"),
+                );
+
+                for act in [
+                    Activation::Silu,
+                    Activation::Gelu,
+                    Activation::GeluTanh,
+                    Activation::QuickGelu,
+                ] {
+                    scalar::gated(&x, &y, act, &mut expected);
+                    be.gated(&xt, &yt, act, &mut out);
+                    close(
+                        &be.read(&out),
+                        &expected,
+                        1e-5,
+                        &format!("{what} gated {act:?}"),
+                    );
+                    let mut e2 = x.clone();
+                    scalar::activate(&mut e2, act);
+                    let mut t = upload(&be, rows, cols, &x);
+                    be.activate(&mut t, act);
+                    close(&be.read(&t), &e2, 1e-5, &format!("{what} activate {act:?}"));
+                }
+
+                let mut e2 = x.clone();
+                scalar::add(&mut e2, &y);
+                let mut t = upload(&be, rows, cols, &x);
+                be.add(&mut t, &yt);
+                close(&be.read(&t), &e2, 0.0, &format!("{what} add"));
+            }
+            // RoPE, both layouts, partial rotary.
+            for style in [RopeStyle::NeoX, RopeStyle::Interleaved] {
+                let (rows, heads, hd, rot, pos0) = (40, 3, 10, 6, 5);
+                let shape = RopeShape {
+                    n_heads: heads,
+                    head_dim: hd,
+                    rotary_dim: rot,
+                    style,
+                };
+                let cos = rand_vec((pos0 + rows) * rot / 2, 9);
+                let sin = rand_vec((pos0 + rows) * rot / 2, 10);
+                let x = rand_vec(rows * heads * hd, 11);
+                let mut expected = x.clone();
+                scalar::rope(&mut expected, &cos, &sin, shape, pos0);
+                let mut t = upload(&be, rows, heads * hd, &x);
+                let ct = upload(&be, pos0 + rows, rot / 2, &cos);
+                let st = upload(&be, pos0 + rows, rot / 2, &sin);
+                be.rope(&mut t, &ct, &st, shape, pos0);
+                close(
+                    &be.read(&t),
+                    &expected,
+                    1e-6,
+                    &format!("{isa:?} rope {style:?}"),
+                );
             }
         }
     }

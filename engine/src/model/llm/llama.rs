@@ -249,4 +249,11 @@ impl<B: Backend> Decoder<B> for Llama<B> {
     fn kv_bytes(&self) -> usize {
         self.cache.bytes(&self.be)
     }
+
+    fn decode_weight_bytes(&self) -> usize {
+        match self.lm_head {
+            Some(_) => self.weight_bytes() - self.be.weight_bytes(&self.embed),
+            None => self.weight_bytes(),
+        }
+    }
 }

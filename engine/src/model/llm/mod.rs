@@ -28,6 +28,10 @@ pub trait Decoder<B: Backend>: Send {
     fn weight_bytes(&self) -> usize;
     /// Bytes of KV cache in use.
     fn kv_bytes(&self) -> usize;
+    /// Weight bytes one decoded token reads (an untied embedding table only by one row).
+    fn decode_weight_bytes(&self) -> usize {
+        self.weight_bytes()
+    }
 }
 
 /// Builds the decoder for `cfg.arch` from the tensors under `prefix`.

@@ -212,4 +212,8 @@ impl<B: Backend> Decoder<B> for Phi2<B> {
     fn kv_bytes(&self) -> usize {
         self.cache.bytes(&self.be)
     }
+
+    fn decode_weight_bytes(&self) -> usize {
+        self.weight_bytes() - self.be.weight_bytes(&self.embed)
+    }
 }

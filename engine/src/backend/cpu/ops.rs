@@ -1,0 +1,474 @@
+//! Element-wise and attention kernels, written once in plain Rust and compiled for each
+//! instruction set ("multiversioning"): the generic bodies are `#[inline(always)]` and
+//! vectorisable (independent lanes, no libm calls), and [`multiversion!`] instantiates
+//! them under `#[target_feature]` wrappers selected by the backend's [`Isa`]. Reductions
+//! use explicit lane arrays, since the compiler may not reorder float sums on its own.
+//!
+//! Transcendentals use polynomial approximations accurate to a few ulp (exp: Cephes'
+//! minimax polynomial; erf: Abramowitz–Stegun 7.1.26, |error| < 1.5e-7), so activations
+//! vectorise; the scalar reference keeps libm.
+
+// Tiles index several arrays with one counter; kernels take many operands.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+use super::simd::Isa;
+use crate::backend::{Activation, AttentionShape, RopeShape};
+use crate::model::config::RopeStyle;
+
+/// Instantiates a generic kernel for every instruction set and dispatches on [`Isa`].
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $generic:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(isa: Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+                #[allow(clippy::too_many_arguments)]
+                fn v512($($arg: $ty),*) $(-> $ret)? { $generic($($arg),*) }
+                #[target_feature(enable = "avx2,fma,f16c")]
+                #[allow(clippy::too_many_arguments)]
+                fn v256($($arg: $ty),*) $(-> $ret)? { $generic($($arg),*) }
+                match isa {
+                    // SAFETY: the backend only selects levels the CPU reported.
+                    Isa::Avx512 => return unsafe { v512($($arg),*) },
+                    Isa::Avx2 => return unsafe { v256($($arg),*) },
+                    _ => {}
+                }
+            }
+            let _ = isa;
+            $generic($($arg),*)
+        }
+    };
+}
+
+const LANES: usize = 16;
+
+/// Σ a·b with independent lanes.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let main = n / LANES * LANES;
+    for (ca, cb) in a[..main]
+        .chunks_exact(LANES)
+        .zip(b[..main].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut sum = hsum(&acc);
+    for (x, y) in a[main..].iter().zip(&b[main..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[inline(always)]
+fn hsum(acc: &[f32; LANES]) -> f32 {
+    let mut h = [0.0f32; 8];
+    for i in 0..8 {
+        h[i] = acc[i] + acc[i + 8];
+    }
+    (h[0] + h[4]) + (h[1] + h[5]) + ((h[2] + h[6]) + (h[3] + h[7]))
+}
+
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let main = x.len() / LANES * LANES;
+    for c in x[..main].chunks_exact(LANES) {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    hsum(&acc) + x[main..].iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let main = x.len() / LANES * LANES;
+    for c in x[..main].chunks_exact(LANES) {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    hsum(&acc)
+        + x[main..]
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>()
+}
+
+#[inline(always)]
+fn stream_sum_g(x: &[f32]) -> f32 {
+    sum(x)
+}
+
+multiversion!(
+    /// Σ x with independent lanes: a streaming read at full vector width (bandwidth probe).
+    pub fn stream_sum(x: &[f32]) -> f32 => stream_sum_g
+);
+
+/// e^x, relative error ~2 ulp over the f32 range (Cephes `expf`); branch-free.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    y * scale
+}
+
+/// erf(x), |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let e = 1.0 - poly * exp(-a * a);
+    if x < 0.0 { -e } else { e }
+}
+
+/// One activation value (the vectorisable counterpart of `scalar::activation`).
+#[inline(always)]
+pub fn activation(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Silu => x / (1.0 + exp(-x)),
+        Activation::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            let y = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+            // tanh(y) = 1 − 2 / (e^{2y} + 1)
+            let tanh = 1.0 - 2.0 / (exp(2.0 * y) + 1.0);
+            0.5 * x * (1.0 + tanh)
+        }
+        Activation::QuickGelu => x / (1.0 + exp(-1.702 * x)),
+        Activation::Relu => x.max(0.0),
+        Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+    }
+}
+
+#[inline(always)]
+fn activate_g(x: &mut [f32], act: Activation) {
+    // One loop per activation so each body vectorises on its own.
+    macro_rules! each {
+        ($a:expr) => {
+            for v in x.iter_mut() {
+                *v = activation($a, *v);
+            }
+        };
+    }
+    match act {
+        Activation::Silu => each!(Activation::Silu),
+        Activation::Gelu => each!(Activation::Gelu),
+        Activation::GeluTanh => each!(Activation::GeluTanh),
+        Activation::QuickGelu => each!(Activation::QuickGelu),
+        Activation::Relu => each!(Activation::Relu),
+        Activation::Hardswish => each!(Activation::Hardswish),
+        Activation::Hardsigmoid => each!(Activation::Hardsigmoid),
+    }
+}
+
+multiversion!(pub fn activate(x: &mut [f32], act: Activation) => activate_g);
+
+#[inline(always)]
+fn gated_g(gate: &[f32], up: &[f32], act: Activation, out: &mut [f32]) {
+    macro_rules! each {
+        ($a:expr) => {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = activation($a, g) * u;
+            }
+        };
+    }
+    match act {
+        Activation::Silu => each!(Activation::Silu),
+        Activation::Gelu => each!(Activation::Gelu),
+        Activation::GeluTanh => each!(Activation::GeluTanh),
+        Activation::QuickGelu => each!(Activation::QuickGelu),
+        Activation::Relu => each!(Activation::Relu),
+        Activation::Hardswish => each!(Activation::Hardswish),
+        Activation::Hardsigmoid => each!(Activation::Hardsigmoid),
+    }
+}
+
+multiversion!(pub fn gated(gate: &[f32], up: &[f32], act: Activation, out: &mut [f32]) => gated_g);
+
+#[inline(always)]
+fn add_g(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+multiversion!(pub fn add(x: &mut [f32], y: &[f32]) => add_g);
+
+#[inline(always)]
+fn rms_norm_g(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let cols = weight.len();
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let mean_sq = dot(xr, xr) / cols as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = w * (v * inv);
+        }
+    }
+}
+
+multiversion!(pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) => rms_norm_g);
+
+#[inline(always)]
+fn layer_norm_g(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let cols = weight.len();
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let mean = sum(xr) / cols as f32;
+        let var = sum_sq_dev(xr, mean) / cols as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &w), &b) in or.iter_mut().zip(xr).zip(weight).zip(bias) {
+            *o = (v - mean) * inv * w + b;
+        }
+    }
+}
+
+multiversion!(pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) => layer_norm_g);
+
+#[inline(always)]
+fn rope_g(x: &mut [f32], cos: &[f32], sin: &[f32], shape: RopeShape, pos0: usize) {
+    let half = shape.rotary_dim / 2;
+    let cols = shape.n_heads * shape.head_dim;
+    for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+        let p = pos0 + r;
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in row.chunks_exact_mut(shape.head_dim) {
+            match shape.style {
+                RopeStyle::NeoX => {
+                    let (a, b) = head[..2 * half].split_at_mut(half);
+                    for i in 0..half {
+                        let (x1, x2) = (a[i], b[i]);
+                        a[i] = x1 * c[i] - x2 * s[i];
+                        b[i] = x2 * c[i] + x1 * s[i];
+                    }
+                }
+                RopeStyle::Interleaved => {
+                    for (i, pair) in head[..2 * half].chunks_exact_mut(2).enumerate() {
+                        let (x1, x2) = (pair[0], pair[1]);
+                        pair[0] = x1 * c[i] - x2 * s[i];
+                        pair[1] = x2 * c[i] + x1 * s[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion!(pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], shape: RopeShape, pos0: usize) => rope_g);
+
+/// Query rows processed together by the attention kernel (they share key/value loads).
+pub const ATTN_TILE: usize = 4;
+
+/// Where one attention tile writes: row `t` of the output at `ptr + t * ld`.
+#[derive(Clone, Copy)]
+pub struct RowsPtr {
+    pub ptr: *mut f32,
+    pub ld: usize,
+}
+
+// SAFETY: attention tasks write disjoint (row, head) slices.
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+
+/// The keys `[first, last)` any of query rows `t0..t0 + nt` sees.
+pub fn key_span(
+    shape: AttentionShape,
+    pos0: usize,
+    t0: usize,
+    nt: usize,
+    n_keys: usize,
+) -> (usize, usize) {
+    let mut first = usize::MAX;
+    let mut last = 0;
+    for i in 0..nt {
+        let r = super::scalar::visible_keys(shape, pos0, t0 + i, n_keys);
+        first = first.min(r.start);
+        last = last.max(r.end);
+    }
+    if first > last { (0, 0) } else { (first, last) }
+}
+
+/// Attention of query rows `t0..t0 + nt` (at most [`ATTN_TILE`]) for head `h`. With
+/// `scores_ready`, `scores[i][j − first]` already holds `scale · q·k` for the span.
+/// `scores` needs `ATTN_TILE × n_keys` values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attention_tile_g(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    pos0: usize,
+    h: usize,
+    t0: usize,
+    nt: usize,
+    scores: &mut [f32],
+    scores_ready: bool,
+    out: RowsPtr,
+) {
+    let hd = shape.head_dim;
+    let q_cols = shape.n_heads * hd;
+    let kv_cols = shape.n_kv_heads * hd;
+    let n_keys = k.len() / kv_cols;
+    let kvh = h / (shape.n_heads / shape.n_kv_heads);
+    let ranges: [std::ops::Range<usize>; ATTN_TILE] = std::array::from_fn(|i| {
+        if i < nt {
+            super::scalar::visible_keys(shape, pos0, t0 + i, n_keys)
+        } else {
+            0..0
+        }
+    });
+    let (first, last) = key_span(shape, pos0, t0, nt, n_keys);
+    let span = last - first;
+    let qh: [&[f32]; ATTN_TILE] = std::array::from_fn(|i| {
+        let t = t0 + i.min(nt - 1);
+        &q[t * q_cols + h * hd..t * q_cols + (h + 1) * hd]
+    });
+    // Scores (unless the caller computed them), masked outside each row's visible range.
+    for j in first..last {
+        let kj = &k[j * kv_cols + kvh * hd..j * kv_cols + (kvh + 1) * hd];
+        for i in 0..nt {
+            let s = &mut scores[i * span + (j - first)];
+            if !ranges[i].contains(&j) {
+                *s = f32::NEG_INFINITY;
+            } else if !scores_ready {
+                *s = dot(qh[i], kj) * shape.scale;
+            }
+        }
+    }
+    // Softmax per row (every row sees at least one key).
+    for i in 0..nt {
+        let row = &mut scores[i * span..(i + 1) * span];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for s in row.iter_mut() {
+            *s = exp(*s - max);
+        }
+        let inv = 1.0 / sum(row);
+        for s in row.iter_mut() {
+            *s *= inv;
+        }
+    }
+    // Weighted sum of values: per query row, 64 output values at a time held in registers
+    // while every key's value row streams past.
+    const CHUNK: usize = 64;
+    for i in 0..nt {
+        let p_row = &scores[i * span..(i + 1) * span];
+        let mut d0 = 0;
+        while d0 < hd {
+            let dn = CHUNK.min(hd - d0);
+            let mut acc = [0.0f32; CHUNK];
+            let base = kvh * hd + d0;
+            if dn == CHUNK {
+                for (jj, &p) in p_row.iter().enumerate() {
+                    let j = first + jj;
+                    let vj: &[f32; CHUNK] = v[j * kv_cols + base..j * kv_cols + base + CHUNK]
+                        .try_into()
+                        .expect("chunk length");
+                    for (a, &x) in acc.iter_mut().zip(vj) {
+                        *a += p * x;
+                    }
+                }
+            } else {
+                for (jj, &p) in p_row.iter().enumerate() {
+                    let j = first + jj;
+                    let vj = &v[j * kv_cols + base..j * kv_cols + base + dn];
+                    for (a, &x) in acc[..dn].iter_mut().zip(vj) {
+                        *a += p * x;
+                    }
+                }
+            }
+            // SAFETY: row t0 + i, columns of head h: this task's alone.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out.ptr.add((t0 + i) * out.ld + h * hd + d0), dn)
+            };
+            o.copy_from_slice(&acc[..dn]);
+            d0 += dn;
+        }
+    }
+}
+
+multiversion!(pub fn attention_tile(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    pos0: usize,
+    h: usize,
+    t0: usize,
+    nt: usize,
+    scores: &mut [f32],
+    scores_ready: bool,
+    out: RowsPtr,
+) => attention_tile_g);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_transcendentals_are_accurate() {
+        let mut x = -20.0f32;
+        while x < 20.0 {
+            let (e, r) = (exp(x), x.exp());
+            assert!((e - r).abs() <= 4e-7 * r, "exp({x}) = {e} vs {r}");
+            let (e, r) = (erf(x), libm::erff(x));
+            assert!((e - r).abs() <= 5e-7, "erf({x}) = {e} vs {r}");
+            x += 0.0137;
+        }
+        assert!(exp(-200.0) < 1e-37);
+        assert!(exp(100.0).is_finite());
+    }
+
+    #[test]
+    fn activations_match_the_reference() {
+        for act in [
+            Activation::Silu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::QuickGelu,
+            Activation::Relu,
+            Activation::Hardswish,
+            Activation::Hardsigmoid,
+        ] {
+            for isa in Isa::available() {
+                let x: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.023).collect();
+                let mut got = x.clone();
+                activate(isa, &mut got, act);
+                for (g, &v) in got.iter().zip(&x) {
+                    let r = super::super::scalar::activation(act, v);
+                    assert!(
+                        (g - r).abs() <= 1e-6 * (1.0 + r.abs()),
+                        "{act:?} {isa:?} {v}: {g} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Kernel flavours and their dispatch.
+//!
+//! Every hot kernel exists as a portable version (`generic`, the same arithmetic as the
+//! scalar reference, written over the SIMD-friendly activation layout) and as explicit
+//! SIMD for x86_64 (AVX2+FMA+F16C; AVX-512 F/BW/VL with VNNI) and aarch64 (NEON; the
+//! `dotprod` extension's `sdot`). [`Isa::detect`] picks the best flavour the CPU has at
+//! run time, so one binary runs everywhere; `POCKETVLM_ISA=scalar|avx2|avx512|neon|dotprod`
+//! forces a lower one (benchmarks, debugging). Tests run every flavour the machine has
+//! against the scalar reference.
+//!
+//! Quantised matrices are multiplied by int8 activations, as ggml does: each activation
+//! row is quantised per 32-value block to `qs` (i8), `d` (f32 scale) and `s = d·Σqs`, and
+//! the weight blocks are dotted with integer instructions (VNNI `vpdpbusd`, AVX2
+//! `vpmaddubsw`, NEON `sdot`/`smull`). Q4_0's −8 offset and the unsigned trick for Q8_0
+//! are folded into the integer accumulator's initial value; Q4_1's minimum uses `s`.
+
+pub mod generic;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use crate::tensor::DType;
+
+/// An instruction-set level; later variants are faster on the machines that have them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust (the compiler's baseline vectorisation only).
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86_64 with AVX-512 F/BW/VL and VNNI.
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+    /// aarch64 with the dot-product extension (`sdot`).
+    NeonDot,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "dotprod",
+        }
+    }
+
+    /// Every level this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                v.push(Isa::Avx2);
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                {
+                    v.push(Isa::Avx512);
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                v.push(Isa::Neon);
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    v.push(Isa::NeonDot);
+                }
+            }
+        }
+        v
+    }
+
+    /// The best level available, or the one `POCKETVLM_ISA` names if the CPU has it.
+    pub fn detect() -> Isa {
+        let avail = Isa::available();
+        let best = *avail.last().unwrap_or(&Isa::Scalar);
+        match std::env::var("POCKETVLM_ISA") {
+            Ok(name) => avail
+                .iter()
+                .copied()
+                .find(|i| i.name() == name)
+                .unwrap_or_else(|| {
+                    log::warn!(
+                        "POCKETVLM_ISA={name} is not available here; using {}",
+                        best.name()
+                    );
+                    best
+                }),
+            Err(_) => best,
+        }
+    }
+}
+
+/// Quantised activation rows: `rows × k` int8 values, per-block scales `d` and `s = d·Σq`.
+#[derive(Clone, Copy)]
+pub struct Q8Acts<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    /// Blocks per row (`k / 32`).
+    pub nb: usize,
+}
+
+impl Q8Acts<'_> {
+    pub fn rows(&self) -> usize {
+        self.d.len().checked_div(self.nb).unwrap_or(0)
+    }
+}
+
+/// Quantised activation rows at 16 bits: like [`Q8Acts`] with `i16` values.
+#[derive(Clone, Copy)]
+pub struct Q16Acts<'a> {
+    pub qs: &'a [i16],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub nb: usize,
+}
+
+impl Q16Acts<'_> {
+    pub fn rows(&self) -> usize {
+        self.d.len().checked_div(self.nb).unwrap_or(0)
+    }
+}
+
+/// Where a kernel writes `out[t][n]`: `ptr + t * ld + n`. Tasks write disjoint elements.
+#[derive(Clone, Copy)]
+pub struct OutPtr {
+    pub ptr: *mut f32,
+    pub ld: usize,
+}
+
+// SAFETY: kernels running on different threads write disjoint elements.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `(t, n)` must be inside the output and written by this task alone.
+    #[inline(always)]
+    pub unsafe fn write(self, t: usize, n: usize, v: f32) {
+        unsafe { *self.ptr.add(t * self.ld + n) = v };
+    }
+
+    /// # Safety
+    /// As [`OutPtr::write`].
+    #[inline(always)]
+    pub unsafe fn add(self, t: usize, n: usize, v: f32) {
+        unsafe { *self.ptr.add(t * self.ld + n) += v };
+    }
+}
+
+/// Quantises `x` (whole rows of `nb` blocks) into `qs`, `d`, `s`.
+pub fn quantize_rows(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    assert_eq!(x.len(), qs.len());
+    assert_eq!(x.len(), d.len() * 32);
+    assert_eq!(d.len(), s.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => unsafe { x86::quantize_avx2(x, qs, d, s) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => unsafe { neon::quantize(x, qs, d, s) },
+        _ => generic::quantize(x, qs, d, s),
+    }
+}
+
+/// `out[t][r] = w_r · x_t` for weight rows `w` (`rows` rows of `dtype` blocks, each
+/// `row_bytes` long, starting at row `r0` of the output) and all activation rows.
+///
+/// # Safety
+/// `w` must hold `rows` rows; `out` must cover `[acts.rows(), r0 + rows)` and no other task
+/// may write those elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qgemm(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: Q8Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    debug_assert!(w.len() >= rows * row_bytes);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::qgemm_avx512(dtype, w, row_bytes, rows, acts, out, r0) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::qgemm_avx2(dtype, w, row_bytes, rows, acts, out, r0) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::qgemm(false, dtype, w, row_bytes, rows, acts, out, r0) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => unsafe { neon::qgemm(true, dtype, w, row_bytes, rows, acts, out, r0) },
+        _ => unsafe { generic::qgemm(dtype, w, row_bytes, rows, acts, out, r0) },
+    }
+}
+
+/// Quantises `x` to int16 per 32-block (the accurate activation format).
+pub fn quantize_rows16(isa: Isa, x: &[f32], qs: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    assert_eq!(x.len(), qs.len());
+    assert_eq!(x.len(), d.len() * 32);
+    assert_eq!(d.len(), s.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => unsafe { x86::quantize16_avx2(x, qs, d, s) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => unsafe { neon::quantize16(x, qs, d, s) },
+        _ => generic::quantize16(x, qs, d, s),
+    }
+}
+
+/// [`qgemm`] with int16 activations.
+///
+/// # Safety
+/// As [`qgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qgemm16(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: Q16Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    debug_assert!(w.len() >= rows * row_bytes);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::qgemm16_avx512(dtype, w, row_bytes, rows, acts, out, r0) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::qgemm16_avx2(dtype, w, row_bytes, rows, acts, out, r0) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => unsafe {
+            neon::qgemm16(dtype, w, row_bytes, rows, acts, out, r0)
+        },
+        _ => unsafe { generic::qgemm16(dtype, w, row_bytes, rows, acts, out, r0) },
+    }
+}
+
+/// `out[t][r0 + r] = w_r · x_t` for f32 weight rows `w` (`rows × k`) and activation rows `x`
+/// (`t_rows × k`).
+///
+/// # Safety
+/// As [`qgemm`].
+pub unsafe fn fgemm(isa: Isa, w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    debug_assert!(w.len() >= rows * k);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::fgemm_avx512(w, rows, x, k, out, r0) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::fgemm_avx2(w, rows, x, k, out, r0) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => unsafe { neon::fgemm(w, rows, x, k, out, r0) },
+        _ => unsafe { generic::fgemm(w, rows, x, k, out, r0) },
+    }
+}
+
+/// Float weights (F32, F16, BF16) as stored, converted in registers, where this flavour
+/// can; `false` when the caller must convert rows to f32 first (then [`fgemm`]).
+///
+/// # Safety
+/// `w` holds `rows × k` values of `dtype`; output as in [`qgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fgemm_native(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) -> bool {
+    debug_assert!(w.len() >= rows * k * dtype.type_size());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            unsafe { x86::fgemm_native_avx512(dtype, w, rows, x, k, out, r0) };
+            true
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            unsafe { x86::fgemm_native_avx2(dtype, w, rows, x, k, out, r0) };
+            true
+        }
+        _ => {
+            let _ = (dtype, w, rows, x, k, out, r0);
+            false
+        }
+    }
+}
+
+/// Scratch values [`fgemm_panel`] wants for a panel of `rows` weight rows.
+pub fn panel_scratch(isa: Isa, rows: usize) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::blocked_scratch(rows),
+        _ => {
+            let _ = rows;
+            0
+        }
+    }
+}
+
+/// [`fgemm`] for a prefill panel (many activation rows): K-blocked where the flavour has it.
+///
+/// # Safety
+/// As [`fgemm`]; `acc` holds [`panel_scratch`]`(isa, rows)` values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fgemm_panel(
+    isa: Isa,
+    w: &[f32],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+    acc: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::fgemm_blocked_avx512(w, rows, x, k, out, r0, acc) },
+        _ => {
+            let _ = acc;
+            unsafe { fgemm(isa, w, rows, x, k, out, r0) }
+        }
+    }
+}
+
+/// Quantised weight bytes (whole blocks) to f32.
+pub fn dequantize(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dequantize_avx512(dtype, bytes, out) },
+        _ => crate::tensor::convert_to_f32(dtype, bytes, out),
+    }
+}
+
+/// Tile shapes every flavour's GEMM loops use: up to `TILE_R` weight rows by `TILE_C`
+/// activation rows per micro-kernel call.
+pub const TILE_R: usize = 4;
+pub const TILE_C: usize = 4;
+
+/// Calls `f(r, c, nr, nc)` for every tile of `rows × cols`, full tiles first along each
+/// axis, tails one row/column at a time (so kernels need only the shapes 4×4, 4×1, 1×4,
+/// 1×1).
+#[inline(always)]
+pub fn for_tiles(rows: usize, cols: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let mut c = 0;
+    while c < cols {
+        let nc = if cols - c >= TILE_C { TILE_C } else { 1 };
+        // A single activation row (decode) streams the weights one row at a time: one
+        // sequential stream per thread is what hardware prefetchers follow best.
+        let tile_r = if cols == 1 { 1 } else { TILE_R };
+        let mut r = 0;
+        while r < rows {
+            let nr = if rows - r >= tile_r { tile_r } else { 1 };
+            f(r, c, nr, nc);
+            r += nr;
+        }
+        c += nc;
+    }
+}

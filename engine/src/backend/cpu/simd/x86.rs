@@ -1,0 +1,1489 @@
+//! x86_64 kernels: AVX2+FMA+F16C, and AVX-512 (F/BW/VL) with VNNI.
+//!
+//! Quantised GEMM micro-kernels compute a tile of `R` weight rows × `C` activation rows.
+//! AVX-512 handles two 32-value blocks per 512-bit register: the weight nibbles are
+//! expanded to bytes in the activation's element order, `vpdpbusd` multiplies unsigned
+//! weight bytes by signed activation bytes, and the weight offset (Q4_0's 8, Q8_0's 128 after
+//! flipping the sign bit) is subtracted through the accumulator's initial value
+//! (`−offset·Σy`, computed once per activation block and shared by the tile's rows). Each
+//! 16-lane result is converted to f32 and scaled by `d_w·d_x` (lanes 0–7 block b, 8–15
+//! block b+1); Q4_1 adds `m·s` through a second FMA. AVX2 works one block per register with
+//! `vpmaddubsw`+`vpmaddwd` (Q8_0 with the sign trick, since 255·127·2 overflows i16).
+
+// Tiles index several arrays with one counter; kernels take many operands.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+use std::arch::x86_64::*;
+
+use super::{OutPtr, Q8Acts, for_tiles};
+use crate::quant::QK;
+use crate::tensor::DType;
+
+#[inline(always)]
+unsafe fn read_u16(p: *const u8) -> u16 {
+    unsafe { std::ptr::read_unaligned(p as *const u16) }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantisation (AVX2; the AVX-512 level uses it too).
+
+/// Rounds half away from zero, like `f32::round`, so results equal the reference exactly.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_away(y: __m256) -> __m256 {
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+    let diff = _mm256_sub_ps(y, t);
+    let sign = _mm256_and_ps(y, _mm256_set1_ps(-0.0));
+    let one = _mm256_or_ps(_mm256_set1_ps(1.0), sign);
+    let abs_diff = _mm256_andnot_ps(_mm256_set1_ps(-0.0), diff);
+    let need = _mm256_cmp_ps::<_CMP_GE_OQ>(abs_diff, _mm256_set1_ps(0.5));
+    _mm256_add_ps(t, _mm256_and_ps(need, one))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_epi32_256(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; slices as in [`super::quantize_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let nb = d.len();
+    assert!(x.len() >= nb * QK && qs.len() >= nb * QK && s.len() >= nb);
+    let abs_mask = _mm256_set1_ps(-0.0);
+    for b in 0..nb {
+        // SAFETY: block b is inside x and qs (checked above).
+        unsafe {
+            let p = x.as_ptr().add(b * QK);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let m01 = _mm256_max_ps(
+                _mm256_andnot_ps(abs_mask, v[0]),
+                _mm256_andnot_ps(abs_mask, v[1]),
+            );
+            let m23 = _mm256_max_ps(
+                _mm256_andnot_ps(abs_mask, v[2]),
+                _mm256_andnot_ps(abs_mask, v[3]),
+            );
+            let m = _mm256_max_ps(m01, m23);
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            let amax = _mm_cvtss_f32(m);
+            let dd = amax / 127.0;
+            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+            let idv = _mm256_set1_ps(id);
+            let q: [__m256i; 4] =
+                std::array::from_fn(|i| _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[i], idv))));
+            let sum = hsum_epi32_256(_mm256_add_epi32(
+                _mm256_add_epi32(q[0], q[1]),
+                _mm256_add_epi32(q[2], q[3]),
+            ));
+            let p01 = _mm256_packs_epi32(q[0], q[1]);
+            let p23 = _mm256_packs_epi32(q[2], q[3]);
+            let packed = _mm256_packs_epi16(p01, p23);
+            let packed =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK) as *mut __m256i, packed);
+            d[b] = dd;
+            s[b] = dd * sum as f32;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX-512 quantised GEMM.
+
+/// A weight block format as the AVX-512 kernel reads it, two blocks at a time.
+trait Fmt512 {
+    const BYTES: usize;
+    /// Subtracted from every weight byte (through the accumulator's initial value).
+    const OFFSET: u8;
+    /// Whether the format has a per-block minimum (Q4_1).
+    const MIN: bool;
+    /// Weight bytes (unsigned, activation element order), `d` spread over 8 lanes per
+    /// block, and the minimum likewise (zero without one). `two`: blocks at `p` and
+    /// `p + BYTES`; otherwise only `p`, the upper half zero.
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512);
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn spread_f16(b0: u16, b1: u16) -> __m512 {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(b0 as i32 | ((b1 as i32) << 16)));
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn spread_f32(v: __m128) -> __m512 {
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// Expands 16 bytes of nibbles per block into [lo₀, hi₀, lo₁, hi₁] (128-bit lanes).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn nibbles(w0: __m128i, w1: __m128i) -> __m512i {
+    let y = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(w0), w1);
+    let z = _mm512_permutexvar_epi64(
+        _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3),
+        _mm512_castsi256_si512(y),
+    );
+    let four = 0x0004_0004_0004_0004i64;
+    let shifts = _mm512_setr_epi64(0, 0, four, four, 0, 0, four, four);
+    _mm512_and_si512(_mm512_srlv_epi16(z, shifts), _mm512_set1_epi8(0x0F))
+}
+
+struct Q40;
+struct Q41;
+struct Q80;
+
+impl Fmt512 for Q40 {
+    const BYTES: usize = 18;
+    const OFFSET: u8 = 8;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
+        unsafe {
+            let w0 = _mm_loadu_si128(p.add(2) as *const __m128i);
+            let (w1, d1) = if two {
+                (
+                    _mm_loadu_si128(p.add(20) as *const __m128i),
+                    read_u16(p.add(18)),
+                )
+            } else {
+                (_mm_setzero_si128(), 0)
+            };
+            (
+                nibbles(w0, w1),
+                spread_f16(read_u16(p), d1),
+                _mm512_setzero_ps(),
+            )
+        }
+    }
+}
+
+impl Fmt512 for Q41 {
+    const BYTES: usize = 20;
+    const OFFSET: u8 = 0;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
+        unsafe {
+            let w0 = _mm_loadu_si128(p.add(4) as *const __m128i);
+            let (w1, d1, m1) = if two {
+                (
+                    _mm_loadu_si128(p.add(24) as *const __m128i),
+                    read_u16(p.add(20)),
+                    read_u16(p.add(22)),
+                )
+            } else {
+                (_mm_setzero_si128(), 0, 0)
+            };
+            (
+                nibbles(w0, w1),
+                spread_f16(read_u16(p), d1),
+                spread_f16(read_u16(p.add(2)), m1),
+            )
+        }
+    }
+}
+
+impl Fmt512 for Q80 {
+    const BYTES: usize = 34;
+    const OFFSET: u8 = 128;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
+        unsafe {
+            let a = _mm256_loadu_si256(p.add(2) as *const __m256i);
+            let (b, d1) = if two {
+                (
+                    _mm256_loadu_si256(p.add(36) as *const __m256i),
+                    read_u16(p.add(34)),
+                )
+            } else {
+                (_mm256_setzero_si256(), 0)
+            };
+            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+            // Signed → unsigned by flipping the sign bit (w + 128); the offset undoes it.
+            // The upper half of a single block stays zero: its activations are zero too.
+            let flip = if two {
+                _mm512_set1_epi8(-128)
+            } else {
+                _mm512_maskz_set1_epi8(0xFFFF_FFFF, -128)
+            };
+            (
+                _mm512_xor_si512(z, flip),
+                spread_f16(read_u16(p), d1),
+                _mm512_setzero_ps(),
+            )
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qtile512<F: Fmt512, const R: usize, const C: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    acts: &Q8Acts,
+    t0: usize,
+    out: OutPtr,
+    n0: usize,
+) {
+    unsafe {
+        let nb = acts.nb;
+        let k = nb * QK;
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let offset = _mm512_set1_epi8(F::OFFSET as i8);
+        let mut b = 0;
+        while b < nb {
+            let two = b + 1 < nb;
+            let mut a = [_mm512_setzero_si512(); C];
+            let mut dx = [_mm512_setzero_ps(); C];
+            let mut init = [_mm512_setzero_si512(); C];
+            let mut sx = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                let t = t0 + c;
+                let qp = acts.qs.as_ptr().add(t * k + b * QK);
+                let dp = acts.d.as_ptr().add(t * nb + b);
+                let sp = acts.s.as_ptr().add(t * nb + b);
+                if two {
+                    a[c] = _mm512_loadu_si512(qp as *const __m512i);
+                    dx[c] = spread_f32(_mm_castsi128_ps(_mm_loadl_epi64(dp as *const __m128i)));
+                    if F::MIN {
+                        sx[c] = _mm512_mul_ps(
+                            spread_f32(_mm_castsi128_ps(_mm_loadl_epi64(sp as *const __m128i))),
+                            _mm512_set1_ps(0.125),
+                        );
+                    }
+                } else {
+                    a[c] = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, qp);
+                    dx[c] = spread_f32(_mm_load_ss(dp));
+                    if F::MIN {
+                        sx[c] = _mm512_mul_ps(spread_f32(_mm_load_ss(sp)), _mm512_set1_ps(0.125));
+                    }
+                }
+                if F::OFFSET != 0 {
+                    let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, a[c]);
+                    init[c] = _mm512_sub_epi32(_mm512_setzero_si512(), sum);
+                }
+            }
+            for r in 0..R {
+                let (wv, dw, mw) = F::load(w.add(r * row_bytes + b * F::BYTES), two);
+                for c in 0..C {
+                    let dot = _mm512_dpbusd_epi32(init[c], wv, a[c]);
+                    acc[r][c] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(dot),
+                        _mm512_mul_ps(dw, dx[c]),
+                        acc[r][c],
+                    );
+                    if F::MIN {
+                        acc[r][c] = _mm512_fmadd_ps(mw, sx[c], acc[r][c]);
+                    }
+                }
+            }
+            b += 2;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out.write(t0 + c, n0 + r, _mm512_reduce_add_ps(acc[r][c]));
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn qgemm512<F: Fmt512>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: Q8Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    let wp = w.as_ptr();
+    for_tiles(rows, acts.rows(), |r, c, nr, nc| unsafe {
+        let p = wp.add(r * row_bytes);
+        match (nr, nc) {
+            (4, 4) => qtile512::<F, 4, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            (4, _) => qtile512::<F, 4, 1>(p, row_bytes, &acts, c, out, r0 + r),
+            (_, 4) => qtile512::<F, 1, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            _ => qtile512::<F, 1, 1>(p, row_bytes, &acts, c, out, r0 + r),
+        }
+    });
+}
+
+/// # Safety
+/// The CPU must have the AVX-512 level; arguments as in [`super::qgemm`].
+pub unsafe fn qgemm_avx512(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: Q8Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::Q4_0 => qgemm512::<Q40>(w, row_bytes, rows, acts, out, r0),
+            DType::Q4_1 => qgemm512::<Q41>(w, row_bytes, rows, acts, out, r0),
+            DType::Q8_0 => qgemm512::<Q80>(w, row_bytes, rows, acts, out, r0),
+            other => panic!("qgemm on {other}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2 quantised GEMM, one block per register.
+
+trait Fmt256 {
+    const BYTES: usize;
+    const OFFSET: u8;
+    const MIN: bool;
+    /// Weight bytes in activation order, d and m as f32.
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
+    /// Σ w·a per 32-bit lane (before the offset correction).
+    unsafe fn idot(w: __m256i, a: __m256i) -> __m256i;
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_to_f32(b: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn maddubs_sum(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles256(w: __m128i) -> __m256i {
+    let y = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(w), _mm_srli_epi16::<4>(w));
+    _mm256_and_si256(y, _mm256_set1_epi8(0x0F))
+}
+
+impl Fmt256 for Q40 {
+    const BYTES: usize = 18;
+    const OFFSET: u8 = 8;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        unsafe {
+            (
+                nibbles256(_mm_loadu_si128(p.add(2) as *const __m128i)),
+                f16_to_f32(read_u16(p)),
+                0.0,
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn idot(w: __m256i, a: __m256i) -> __m256i {
+        unsafe { maddubs_sum(w, a) }
+    }
+}
+
+impl Fmt256 for Q41 {
+    const BYTES: usize = 20;
+    const OFFSET: u8 = 0;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        unsafe {
+            (
+                nibbles256(_mm_loadu_si128(p.add(4) as *const __m128i)),
+                f16_to_f32(read_u16(p)),
+                f16_to_f32(read_u16(p.add(2))),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn idot(w: __m256i, a: __m256i) -> __m256i {
+        unsafe { maddubs_sum(w, a) }
+    }
+}
+
+impl Fmt256 for Q80 {
+    const BYTES: usize = 34;
+    const OFFSET: u8 = 0;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        unsafe {
+            (
+                _mm256_loadu_si256(p.add(2) as *const __m256i),
+                f16_to_f32(read_u16(p)),
+                0.0,
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn idot(w: __m256i, a: __m256i) -> __m256i {
+        // |w|·(a·sign(w)): both factors fit vpmaddubsw without saturating (127·127·2).
+        unsafe { maddubs_sum(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)) }
+    }
+}
+
+#[inline(always)]
+unsafe fn qtile256<F: Fmt256, const R: usize, const C: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    acts: &Q8Acts,
+    t0: usize,
+    out: OutPtr,
+    n0: usize,
+) {
+    unsafe {
+        let nb = acts.nb;
+        let k = nb * QK;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let offset = _mm256_set1_epi8(F::OFFSET as i8);
+        for b in 0..nb {
+            let mut a = [_mm256_setzero_si256(); C];
+            let mut dx = [0.0f32; C];
+            let mut corr = [_mm256_setzero_si256(); C];
+            let mut sx = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                let t = t0 + c;
+                a[c] = _mm256_loadu_si256(acts.qs.as_ptr().add(t * k + b * QK) as *const __m256i);
+                dx[c] = *acts.d.get_unchecked(t * nb + b);
+                if F::MIN {
+                    sx[c] = _mm256_set1_ps(*acts.s.get_unchecked(t * nb + b) * 0.125);
+                }
+                if F::OFFSET != 0 {
+                    corr[c] = maddubs_sum(offset, a[c]);
+                }
+            }
+            for r in 0..R {
+                let (wv, dw, m) = F::load(w.add(r * row_bytes + b * F::BYTES));
+                let mv = _mm256_set1_ps(m);
+                for c in 0..C {
+                    let mut dot = F::idot(wv, a[c]);
+                    if F::OFFSET != 0 {
+                        dot = _mm256_sub_epi32(dot, corr[c]);
+                    }
+                    acc[r][c] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(dot),
+                        _mm256_set1_ps(dw * dx[c]),
+                        acc[r][c],
+                    );
+                    if F::MIN {
+                        acc[r][c] = _mm256_fmadd_ps(mv, sx[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out.write(t0 + c, n0 + r, hsum_256(acc[r][c]));
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn qgemm256<F: Fmt256>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: Q8Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    let wp = w.as_ptr();
+    for_tiles(rows, acts.rows(), |r, c, nr, nc| unsafe {
+        let p = wp.add(r * row_bytes);
+        match (nr, nc) {
+            (4, 4) => qtile256::<F, 4, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            (4, _) => qtile256::<F, 4, 1>(p, row_bytes, &acts, c, out, r0 + r),
+            (_, 4) => qtile256::<F, 1, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            _ => qtile256::<F, 1, 1>(p, row_bytes, &acts, c, out, r0 + r),
+        }
+    });
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; arguments as in [`super::qgemm`].
+pub unsafe fn qgemm_avx2(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: Q8Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::Q4_0 => qgemm256::<Q40>(w, row_bytes, rows, acts, out, r0),
+            DType::Q4_1 => qgemm256::<Q41>(w, row_bytes, rows, acts, out, r0),
+            DType::Q8_0 => qgemm256::<Q80>(w, row_bytes, rows, acts, out, r0),
+            other => panic!("qgemm on {other}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// f32 GEMM (weights already f32, or a converted panel): tiles of dot products.
+
+/// How a float weight row is read, 16 (AVX-512) or 8 (AVX2) values at a time.
+trait FloatW {
+    const SIZE: usize;
+    unsafe fn load16(p: *const u8) -> __m512;
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512;
+    unsafe fn load8(p: *const u8) -> __m256;
+    unsafe fn get(p: *const u8) -> f32;
+}
+
+struct WF32;
+struct WF16;
+struct WBF16;
+
+impl FloatW for WF32 {
+    const SIZE: usize = 4;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        unsafe { _mm512_loadu_ps(p as *const f32) }
+    }
+    #[inline(always)]
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512 {
+        unsafe { _mm512_maskz_loadu_ps((1u32 << n).wrapping_sub(1) as u16, p as *const f32) }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        unsafe { _mm256_loadu_ps(p as *const f32) }
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8) -> f32 {
+        unsafe { std::ptr::read_unaligned(p as *const f32) }
+    }
+}
+
+impl FloatW for WF16 {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+    #[inline(always)]
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512 {
+        unsafe {
+            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                (1u32 << n).wrapping_sub(1) as u16,
+                p as *const i16,
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8) -> f32 {
+        unsafe { f16_to_f32(read_u16(p)) }
+    }
+}
+
+impl FloatW for WBF16 {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p as *const __m256i),
+            )))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load16_masked(p: *const u8, n: usize) -> __m512 {
+        unsafe {
+            let raw = _mm256_maskz_loadu_epi16((1u32 << n).wrapping_sub(1) as u16, p as *const i16);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p as *const __m128i),
+            )))
+        }
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8) -> f32 {
+        unsafe { f32::from_bits((read_u16(p) as u32) << 16) }
+    }
+}
+
+#[inline(always)]
+unsafe fn ftile512<W: FloatW, const R: usize, const C: usize>(
+    w: *const u8,
+    x: *const f32,
+    k: usize,
+    out: OutPtr,
+    t0: usize,
+    n0: usize,
+) {
+    unsafe {
+        let rb = k * W::SIZE;
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut i = 0;
+        while i + 16 <= k {
+            let xv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(x.add(c * k + i)));
+            for r in 0..R {
+                let wv = W::load16(w.add(r * rb + i * W::SIZE));
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+                }
+            }
+            i += 16;
+        }
+        if i < k {
+            let m: __mmask16 = (1u32 << (k - i)).wrapping_sub(1) as u16;
+            let xv: [__m512; C] =
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(m, x.add(c * k + i)));
+            for r in 0..R {
+                let wv = W::load16_masked(w.add(r * rb + i * W::SIZE), k - i);
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out.write(t0 + c, n0 + r, _mm512_reduce_add_ps(acc[r][c]));
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn fgemm512<W: FloatW>(w: &[u8], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    let t_rows = x.len() / k.max(1);
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let rb = k * W::SIZE;
+    for_tiles(rows, t_rows, |r, c, nr, nc| unsafe {
+        let (w, x) = (wp.add(r * rb), xp.add(c * k));
+        match (nr, nc) {
+            (4, 4) => ftile512::<W, 4, 4>(w, x, k, out, c, r0 + r),
+            (4, _) => ftile512::<W, 4, 1>(w, x, k, out, c, r0 + r),
+            (_, 4) => ftile512::<W, 1, 4>(w, x, k, out, c, r0 + r),
+            _ => ftile512::<W, 1, 1>(w, x, k, out, c, r0 + r),
+        }
+    });
+}
+
+/// Float weights of `dtype` (F32, F16, BF16) as stored, converted in registers.
+///
+/// # Safety
+/// The CPU must have the AVX-512 level; `w` holds `rows × k` values of `dtype`; output as
+/// in [`super::fgemm`].
+pub unsafe fn fgemm_native_avx512(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::F32 => fgemm512::<WF32>(w, rows, x, k, out, r0),
+            DType::F16 => fgemm512::<WF16>(w, rows, x, k, out, r0),
+            DType::BF16 => fgemm512::<WBF16>(w, rows, x, k, out, r0),
+            other => panic!("fgemm on {other}"),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have the AVX-512 level; arguments as in [`super::fgemm`].
+pub unsafe fn fgemm_avx512(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    unsafe { fgemm512::<WF32>(bytemuck::cast_slice(w), rows, x, k, out, r0) }
+}
+
+#[inline(always)]
+unsafe fn ftile256<W: FloatW, const R: usize, const C: usize>(
+    w: *const u8,
+    x: *const f32,
+    k: usize,
+    out: OutPtr,
+    t0: usize,
+    n0: usize,
+) {
+    unsafe {
+        let rb = k * W::SIZE;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut i = 0;
+        while i + 8 <= k {
+            let xv: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(x.add(c * k + i)));
+            for r in 0..R {
+                let wv = W::load8(w.add(r * rb + i * W::SIZE));
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+                }
+            }
+            i += 8;
+        }
+        let mut tail = [[0.0f32; C]; R];
+        while i < k {
+            for r in 0..R {
+                let wv = W::get(w.add(r * rb + i * W::SIZE));
+                for c in 0..C {
+                    tail[r][c] += wv * *x.add(c * k + i);
+                }
+            }
+            i += 1;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out.write(t0 + c, n0 + r, hsum_256(acc[r][c]) + tail[r][c]);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fgemm256<W: FloatW>(w: &[u8], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    let t_rows = x.len() / k.max(1);
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let rb = k * W::SIZE;
+    for_tiles(rows, t_rows, |r, c, nr, nc| unsafe {
+        let (w, x) = (wp.add(r * rb), xp.add(c * k));
+        match (nr, nc) {
+            (4, 4) => ftile256::<W, 4, 4>(w, x, k, out, c, r0 + r),
+            (4, _) => ftile256::<W, 4, 1>(w, x, k, out, c, r0 + r),
+            (_, 4) => ftile256::<W, 1, 4>(w, x, k, out, c, r0 + r),
+            _ => ftile256::<W, 1, 1>(w, x, k, out, c, r0 + r),
+        }
+    });
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; arguments as in [`fgemm_native_avx512`].
+pub unsafe fn fgemm_native_avx2(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::F32 => fgemm256::<WF32>(w, rows, x, k, out, r0),
+            DType::F16 => fgemm256::<WF16>(w, rows, x, k, out, r0),
+            DType::BF16 => fgemm256::<WBF16>(w, rows, x, k, out, r0),
+            other => panic!("fgemm on {other}"),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; arguments as in [`super::fgemm`].
+pub unsafe fn fgemm_avx2(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPtr, r0: usize) {
+    unsafe { fgemm256::<WF32>(bytemuck::cast_slice(w), rows, x, k, out, r0) }
+}
+
+// ---------------------------------------------------------------------------------------
+// int16 activations (the accurate default): quantisation and GEMMs.
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; slices as in [`super::quantize_rows16`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize16_avx2(x: &[f32], qs: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    let nb = d.len();
+    assert!(x.len() >= nb * QK && qs.len() >= nb * QK && s.len() >= nb);
+    let abs_mask = _mm256_set1_ps(-0.0);
+    let (lo, hi) = (_mm256_set1_epi32(-32768), _mm256_set1_epi32(32767));
+    for b in 0..nb {
+        // SAFETY: block b is inside x and qs (checked above).
+        unsafe {
+            let p = x.as_ptr().add(b * QK);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let m01 = _mm256_max_ps(
+                _mm256_andnot_ps(abs_mask, v[0]),
+                _mm256_andnot_ps(abs_mask, v[1]),
+            );
+            let m23 = _mm256_max_ps(
+                _mm256_andnot_ps(abs_mask, v[2]),
+                _mm256_andnot_ps(abs_mask, v[3]),
+            );
+            let m = _mm256_max_ps(m01, m23);
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            let amax = _mm_cvtss_f32(m);
+            let dd = amax / 32767.0;
+            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+            let idv = _mm256_set1_ps(id);
+            let q: [__m256i; 4] = std::array::from_fn(|i| {
+                let qi = _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[i], idv)));
+                _mm256_min_epi32(_mm256_max_epi32(qi, lo), hi)
+            });
+            let sum = hsum_epi32_256(_mm256_add_epi32(
+                _mm256_add_epi32(q[0], q[1]),
+                _mm256_add_epi32(q[2], q[3]),
+            ));
+            let o = qs.as_mut_ptr().add(b * QK) as *mut __m256i;
+            let p01 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[0], q[1]));
+            let p23 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256(o, p01);
+            _mm256_storeu_si256(o.add(1), p23);
+            d[b] = dd;
+            s[b] = dd * sum as f32;
+        }
+    }
+}
+
+/// A weight block format widened to 32 × i16 (activation element order).
+trait Fmt16 {
+    const BYTES: usize;
+    const MIN: bool;
+    /// Weight bytes as 32 bytes in element order (signed for Q8_0, 0..15 for Q4).
+    unsafe fn bytes(p: *const u8) -> __m256i;
+    /// Whether `bytes` are signed.
+    const SIGNED: bool;
+    /// Subtracted from each widened weight.
+    const OFFSET: i16;
+    /// d and m.
+    unsafe fn scales(p: *const u8) -> (f32, f32);
+}
+
+impl Fmt16 for Q40 {
+    const BYTES: usize = 18;
+    const MIN: bool = false;
+    const SIGNED: bool = false;
+    const OFFSET: i16 = 8;
+    #[inline(always)]
+    unsafe fn bytes(p: *const u8) -> __m256i {
+        unsafe { nibbles256(_mm_loadu_si128(p.add(2) as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> (f32, f32) {
+        unsafe { (f16_to_f32(read_u16(p)), 0.0) }
+    }
+}
+
+impl Fmt16 for Q41 {
+    const BYTES: usize = 20;
+    const MIN: bool = true;
+    const SIGNED: bool = false;
+    const OFFSET: i16 = 0;
+    #[inline(always)]
+    unsafe fn bytes(p: *const u8) -> __m256i {
+        unsafe { nibbles256(_mm_loadu_si128(p.add(4) as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> (f32, f32) {
+        unsafe { (f16_to_f32(read_u16(p)), f16_to_f32(read_u16(p.add(2)))) }
+    }
+}
+
+impl Fmt16 for Q80 {
+    const BYTES: usize = 34;
+    const MIN: bool = false;
+    const SIGNED: bool = true;
+    const OFFSET: i16 = 0;
+    #[inline(always)]
+    unsafe fn bytes(p: *const u8) -> __m256i {
+        unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) }
+    }
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> (f32, f32) {
+        unsafe { (f16_to_f32(read_u16(p)), 0.0) }
+    }
+}
+
+#[inline(always)]
+unsafe fn q16tile512<F: Fmt16, const R: usize, const C: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    acts: &super::Q16Acts,
+    t0: usize,
+    out: OutPtr,
+    n0: usize,
+) {
+    unsafe {
+        let nb = acts.nb;
+        let k = nb * QK;
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut a = [_mm512_setzero_si512(); C];
+            let mut dx = [_mm512_setzero_ps(); C];
+            let mut sx = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                let t = t0 + c;
+                a[c] = _mm512_loadu_si512(acts.qs.as_ptr().add(t * k + b * QK) as *const __m512i);
+                dx[c] = _mm512_set1_ps(*acts.d.get_unchecked(t * nb + b));
+                if F::MIN {
+                    sx[c] = _mm512_set1_ps(*acts.s.get_unchecked(t * nb + b) * (1.0 / 16.0));
+                }
+            }
+            for r in 0..R {
+                let p = w.add(r * row_bytes + b * F::BYTES);
+                let raw = F::bytes(p);
+                let mut wv = if F::SIGNED {
+                    _mm512_cvtepi8_epi16(raw)
+                } else {
+                    _mm512_cvtepu8_epi16(raw)
+                };
+                if F::OFFSET != 0 {
+                    wv = _mm512_sub_epi16(wv, _mm512_set1_epi16(F::OFFSET));
+                }
+                let (dw, m) = F::scales(p);
+                let dwv = _mm512_set1_ps(dw);
+                let mv = _mm512_set1_ps(m);
+                for c in 0..C {
+                    let dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), wv, a[c]);
+                    acc[r][c] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(dot),
+                        _mm512_mul_ps(dwv, dx[c]),
+                        acc[r][c],
+                    );
+                    if F::MIN {
+                        acc[r][c] = _mm512_fmadd_ps(mv, sx[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out.write(t0 + c, n0 + r, _mm512_reduce_add_ps(acc[r][c]));
+            }
+        }
+    }
+}
+
+/// One weight row × one activation row (decode), two blocks per iteration: the nibbles of
+/// both are expanded together and both scales converted by one instruction.
+#[inline(always)]
+unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: usize) -> f32 {
+    unsafe {
+        let nb = acts.nb;
+        let qs = acts.qs.as_ptr().add(t * nb * QK);
+        let d = acts.d.as_ptr().add(t * nb);
+        let s = acts.s.as_ptr().add(t * nb);
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut corr = 0.0f32;
+        let mut b = 0;
+        while b + 2 <= nb {
+            let p = w.add(b * <F as Fmt16>::BYTES);
+            // [lo₀, hi₀, lo₁, hi₁] bytes (Q4) or the two blocks' bytes (Q8_0), plus d (and m).
+            let (bytes, dw, mw) = <F as Fmt512>::load(p, true);
+            let lo = _mm512_castsi512_si256(bytes);
+            let hi = _mm512_extracti64x4_epi64::<1>(bytes);
+            // Unsigned bytes: Q4 nibbles, or Q8_0 with its sign bit flipped (w + 128).
+            let (mut w0, mut w1) = (_mm512_cvtepu8_epi16(lo), _mm512_cvtepu8_epi16(hi));
+            let off = if <F as Fmt16>::SIGNED {
+                128
+            } else {
+                <F as Fmt16>::OFFSET
+            };
+            if off != 0 {
+                let o = _mm512_set1_epi16(off);
+                w0 = _mm512_sub_epi16(w0, o);
+                w1 = _mm512_sub_epi16(w1, o);
+            }
+            let a0 = _mm512_loadu_si512(qs.add(b * QK) as *const __m512i);
+            let a1 = _mm512_loadu_si512(qs.add((b + 1) * QK) as *const __m512i);
+            let dot0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, a0);
+            let dot1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w1, a1);
+            // dw = [d₀ ×8, d₁ ×8]: lane 0 and lane 8 hold the two scales.
+            let dw0 = _mm512_permutexvar_ps(_mm512_setzero_si512(), dw);
+            let dw1 = _mm512_permutexvar_ps(_mm512_set1_epi32(8), dw);
+            acc0 = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(dot0),
+                _mm512_mul_ps(dw0, _mm512_set1_ps(*d.add(b))),
+                acc0,
+            );
+            acc1 = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(dot1),
+                _mm512_mul_ps(dw1, _mm512_set1_ps(*d.add(b + 1))),
+                acc1,
+            );
+            if <F as Fmt16>::MIN {
+                let m0 = _mm_cvtss_f32(_mm512_castps512_ps128(mw));
+                let m1 = _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_permutexvar_ps(
+                    _mm512_set1_epi32(8),
+                    mw,
+                )));
+                corr += m0 * *s.add(b) + m1 * *s.add(b + 1);
+            }
+            b += 2;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + corr;
+        if b < nb {
+            // The odd last block through the one-block tile.
+            let one = super::Q16Acts {
+                qs: std::slice::from_raw_parts(qs.add(b * QK), QK),
+                d: std::slice::from_raw_parts(d.add(b), 1),
+                s: std::slice::from_raw_parts(s.add(b), 1),
+                nb: 1,
+            };
+            let mut v = 0.0f32;
+            q16tile512::<F, 1, 1>(
+                w.add(b * <F as Fmt16>::BYTES),
+                0,
+                &one,
+                0,
+                OutPtr { ptr: &mut v, ld: 1 },
+                0,
+            );
+            sum += v;
+        }
+        sum
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q16gemm512<F: Fmt16 + Fmt512>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: super::Q16Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    let wp = w.as_ptr();
+    if acts.rows() == 1 {
+        for r in 0..rows {
+            // SAFETY: row r is inside w; column r0 + r is this task's.
+            unsafe { out.write(0, r0 + r, q16row512::<F>(wp.add(r * row_bytes), &acts, 0)) };
+        }
+        return;
+    }
+    for_tiles(rows, acts.rows(), |r, c, nr, nc| unsafe {
+        let p = wp.add(r * row_bytes);
+        match (nr, nc) {
+            (4, 4) => q16tile512::<F, 4, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            (4, _) => q16tile512::<F, 4, 1>(p, row_bytes, &acts, c, out, r0 + r),
+            (_, 4) => q16tile512::<F, 1, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            _ => q16tile512::<F, 1, 1>(p, row_bytes, &acts, c, out, r0 + r),
+        }
+    });
+}
+
+/// # Safety
+/// The CPU must have the AVX-512 level; arguments as in [`super::qgemm16`].
+pub unsafe fn qgemm16_avx512(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: super::Q16Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::Q4_0 => q16gemm512::<Q40>(w, row_bytes, rows, acts, out, r0),
+            DType::Q4_1 => q16gemm512::<Q41>(w, row_bytes, rows, acts, out, r0),
+            DType::Q8_0 => q16gemm512::<Q80>(w, row_bytes, rows, acts, out, r0),
+            other => panic!("qgemm16 on {other}"),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn q16tile256<F: Fmt16, const R: usize, const C: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    acts: &super::Q16Acts,
+    t0: usize,
+    out: OutPtr,
+    n0: usize,
+) {
+    unsafe {
+        let nb = acts.nb;
+        let k = nb * QK;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut a = [(_mm256_setzero_si256(), _mm256_setzero_si256()); C];
+            let mut dx = [0.0f32; C];
+            let mut sx = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                let t = t0 + c;
+                let q = acts.qs.as_ptr().add(t * k + b * QK) as *const __m256i;
+                a[c] = (_mm256_loadu_si256(q), _mm256_loadu_si256(q.add(1)));
+                dx[c] = *acts.d.get_unchecked(t * nb + b);
+                if F::MIN {
+                    sx[c] = _mm256_set1_ps(*acts.s.get_unchecked(t * nb + b) * 0.125);
+                }
+            }
+            for r in 0..R {
+                let p = w.add(r * row_bytes + b * F::BYTES);
+                let raw = F::bytes(p);
+                let (lo, hi) = (
+                    _mm256_castsi256_si128(raw),
+                    _mm256_extracti128_si256::<1>(raw),
+                );
+                let (mut w0, mut w1) = if F::SIGNED {
+                    (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
+                } else {
+                    (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
+                };
+                if F::OFFSET != 0 {
+                    let off = _mm256_set1_epi16(F::OFFSET);
+                    w0 = _mm256_sub_epi16(w0, off);
+                    w1 = _mm256_sub_epi16(w1, off);
+                }
+                let (dw, m) = F::scales(p);
+                let mv = _mm256_set1_ps(m);
+                for c in 0..C {
+                    let dot = _mm256_add_epi32(
+                        _mm256_madd_epi16(w0, a[c].0),
+                        _mm256_madd_epi16(w1, a[c].1),
+                    );
+                    acc[r][c] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(dot),
+                        _mm256_set1_ps(dw * dx[c]),
+                        acc[r][c],
+                    );
+                    if F::MIN {
+                        acc[r][c] = _mm256_fmadd_ps(mv, sx[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out.write(t0 + c, n0 + r, hsum_256(acc[r][c]));
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q16gemm256<F: Fmt16>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: super::Q16Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    let wp = w.as_ptr();
+    for_tiles(rows, acts.rows(), |r, c, nr, nc| unsafe {
+        let p = wp.add(r * row_bytes);
+        match (nr, nc) {
+            (4, 4) => q16tile256::<F, 4, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            (4, _) => q16tile256::<F, 4, 1>(p, row_bytes, &acts, c, out, r0 + r),
+            (_, 4) => q16tile256::<F, 1, 4>(p, row_bytes, &acts, c, out, r0 + r),
+            _ => q16tile256::<F, 1, 1>(p, row_bytes, &acts, c, out, r0 + r),
+        }
+    });
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; arguments as in [`super::qgemm16`].
+pub unsafe fn qgemm16_avx2(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    acts: super::Q16Acts,
+    out: OutPtr,
+    r0: usize,
+) {
+    unsafe {
+        match dtype {
+            DType::Q4_0 => q16gemm256::<Q40>(w, row_bytes, rows, acts, out, r0),
+            DType::Q4_1 => q16gemm256::<Q41>(w, row_bytes, rows, acts, out, r0),
+            DType::Q8_0 => q16gemm256::<Q80>(w, row_bytes, rows, acts, out, r0),
+            other => panic!("qgemm16 on {other}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention scores: 16 keys at a time, reduced together.
+
+/// Sums each of 16 vectors: lane `j` of the result is the sum of `v[j]`'s lanes.
+#[inline(always)]
+unsafe fn transpose_sum16(v: &[__m512; 16]) -> __m512 {
+    unsafe {
+        let mut a = [_mm512_setzero_ps(); 8];
+        for p in 0..8 {
+            let (x, y) = (v[2 * p], v[2 * p + 1]);
+            a[p] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] → sums of 4 vectors per lane.
+        let mut b = [_mm512_setzero_ps(); 4];
+        for p in 0..4 {
+            let (x, y) = (a[2 * p], a[2 * p + 1]);
+            b[p] = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+            );
+        }
+        let s0 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[0], b[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[0], b[1]),
+        );
+        let s1 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[2], b[3]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[2], b[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(s0, s1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(s0, s1),
+        )
+    }
+}
+
+/// `out[i·ld + j] = scale · q_i·k_j` for `i < nt`, `j < nk`; `q_i` at `q + i·qs`, `k_j` at
+/// `k + j·ks`, `hd` values each (a multiple of 16).
+///
+/// # Safety
+/// The CPU must have the AVX-512 level; every row named must be readable, `out` writable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attn_scores_avx512(
+    q: *const f32,
+    qs: usize,
+    nt: usize,
+    k: *const f32,
+    ks: usize,
+    nk: usize,
+    hd: usize,
+    scale: f32,
+    out: *mut f32,
+    ld: usize,
+) {
+    unsafe {
+        let sv = _mm512_set1_ps(scale);
+        for i in 0..nt {
+            let qi = q.add(i * qs);
+            let mut j0 = 0;
+            while j0 + 16 <= nk {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for c in (0..hd).step_by(16) {
+                    let qv = _mm512_loadu_ps(qi.add(c));
+                    for j in 0..16 {
+                        acc[j] =
+                            _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add((j0 + j) * ks + c)), acc[j]);
+                    }
+                }
+                _mm512_storeu_ps(
+                    out.add(i * ld + j0),
+                    _mm512_mul_ps(transpose_sum16(&acc), sv),
+                );
+                j0 += 16;
+            }
+            while j0 < nk {
+                let mut acc = _mm512_setzero_ps();
+                for c in (0..hd).step_by(16) {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(qi.add(c)),
+                        _mm512_loadu_ps(k.add(j0 * ks + c)),
+                        acc,
+                    );
+                }
+                *out.add(i * ld + j0) = _mm512_reduce_add_ps(acc) * scale;
+                j0 += 1;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dequantisation of weight rows to f32 (prefill panels).
+
+/// # Safety
+/// The CPU must have the AVX-512 level; `bytes` holds whole blocks of `dtype` for the
+/// `out.len()` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dequantize_avx512(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let nb = out.len() / QK;
+    let size = dtype.type_size();
+    assert!(bytes.len() >= nb * size);
+    unsafe {
+        let o = out.as_mut_ptr();
+        for b in 0..nb {
+            let p = bytes.as_ptr().add(b * size);
+            let d = _mm512_set1_ps(f16_to_f32(read_u16(p)));
+            let (v0, v1) = match dtype {
+                DType::Q4_0 | DType::Q4_1 => {
+                    let q = _mm_loadu_si128(
+                        p.add(if dtype == DType::Q4_0 { 2 } else { 4 }) as *const __m128i
+                    );
+                    let mask = _mm_set1_epi8(0x0F);
+                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
+                    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                        _mm_srli_epi16::<4>(q),
+                        mask,
+                    )));
+                    if dtype == DType::Q4_0 {
+                        let eight = _mm512_set1_ps(8.0);
+                        (
+                            _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
+                            _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
+                        )
+                    } else {
+                        let m = _mm512_set1_ps(f16_to_f32(read_u16(p.add(2))));
+                        (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
+                    }
+                }
+                DType::Q8_0 => {
+                    let a = _mm_loadu_si128(p.add(2) as *const __m128i);
+                    let c = _mm_loadu_si128(p.add(18) as *const __m128i);
+                    (
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a)), d),
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), d),
+                    )
+                }
+                other => panic!("dequantize on {other}"),
+            };
+            _mm512_storeu_ps(o.add(b * QK), v0);
+            _mm512_storeu_ps(o.add(b * QK + 16), v1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// K-blocked f32 GEMM for prefill panels: the 4 activation rows of a tile stay in L1 while
+// every 4-row tile of the weight panel passes over one 512-wide slice of them.
+
+/// Length of a K slice.
+const KB: usize = 512;
+
+/// Scratch values [`fgemm_blocked_avx512`] needs for a panel of `rows` rows.
+pub fn blocked_scratch(rows: usize) -> usize {
+    rows / 4 * 256
+}
+
+/// # Safety
+/// The CPU must have the AVX-512 level; `acc` holds [`blocked_scratch`]`(rows)` values;
+/// other arguments as in [`super::fgemm`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn fgemm_blocked_avx512(
+    w: &[f32],
+    rows: usize,
+    x: &[f32],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+    acc: &mut [f32],
+) {
+    let t_rows = x.len() / k.max(1);
+    let (rows4, t4) = (rows / 4 * 4, t_rows / 4 * 4);
+    let r_tiles = rows4 / 4;
+    assert!(acc.len() >= r_tiles * 256 && w.len() >= rows * k);
+    unsafe {
+        let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
+        for c in (0..t4).step_by(4) {
+            acc[..r_tiles * 256].fill(0.0);
+            let mut k0 = 0;
+            while k0 < k {
+                let kn = KB.min(k - k0);
+                let full = kn / 16 * 16;
+                for rt in 0..r_tiles {
+                    let slot = ap.add(rt * 256);
+                    let mut a: [[__m512; 4]; 4] = std::array::from_fn(|r| {
+                        std::array::from_fn(|cc| _mm512_loadu_ps(slot.add((r * 4 + cc) * 16)))
+                    });
+                    let wr = wp.add(rt * 4 * k + k0);
+                    let xr = xp.add(c * k + k0);
+                    let mut i = 0;
+                    while i < full {
+                        let xv: [__m512; 4] =
+                            std::array::from_fn(|cc| _mm512_loadu_ps(xr.add(cc * k + i)));
+                        for r in 0..4 {
+                            let wv = _mm512_loadu_ps(wr.add(r * k + i));
+                            for cc in 0..4 {
+                                a[r][cc] = _mm512_fmadd_ps(wv, xv[cc], a[r][cc]);
+                            }
+                        }
+                        i += 16;
+                    }
+                    if full < kn {
+                        let m: __mmask16 = (1u32 << (kn - full)).wrapping_sub(1) as u16;
+                        let xv: [__m512; 4] = std::array::from_fn(|cc| {
+                            _mm512_maskz_loadu_ps(m, xr.add(cc * k + full))
+                        });
+                        for r in 0..4 {
+                            let wv = _mm512_maskz_loadu_ps(m, wr.add(r * k + full));
+                            for cc in 0..4 {
+                                a[r][cc] = _mm512_fmadd_ps(wv, xv[cc], a[r][cc]);
+                            }
+                        }
+                    }
+                    for r in 0..4 {
+                        for cc in 0..4 {
+                            _mm512_storeu_ps(slot.add((r * 4 + cc) * 16), a[r][cc]);
+                        }
+                    }
+                }
+                k0 += kn;
+            }
+            for rt in 0..r_tiles {
+                for r in 0..4 {
+                    for cc in 0..4 {
+                        let v = _mm512_loadu_ps(ap.add(rt * 256 + (r * 4 + cc) * 16));
+                        out.write(c + cc, r0 + rt * 4 + r, _mm512_reduce_add_ps(v));
+                    }
+                }
+            }
+        }
+        // Tails: rows past the last 4-row tile (all activation rows), and activation rows
+        // past the last 4-row tile (the tiled weight rows).
+        if rows4 < rows {
+            fgemm512::<WF32>(
+                bytemuck::cast_slice(&w[rows4 * k..rows * k]),
+                rows - rows4,
+                x,
+                k,
+                out,
+                r0 + rows4,
+            );
+        }
+        if t4 < t_rows && rows4 > 0 {
+            let tail_out = OutPtr {
+                ptr: out.ptr.add(t4 * out.ld),
+                ld: out.ld,
+            };
+            fgemm512::<WF32>(
+                bytemuck::cast_slice(&w[..rows4 * k]),
+                rows4,
+                &x[t4 * k..],
+                k,
+                tail_out,
+                r0,
+            );
+        }
+    }
+}

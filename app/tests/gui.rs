@@ -748,3 +748,29 @@ fn the_model_picker_role_is_reachable() {
     h.get_by_role(Role::Window);
     h.check_accessibility();
 }
+
+#[test]
+fn a_panic_in_the_engine_is_shown_and_the_model_can_be_reloaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    load_model(&mut h, "llama_gqa");
+    type_and_send(&mut h, "first question");
+    wait_for_answer(&mut h);
+    app_mut(&mut h).engine.debug_panic("a kernel bug").unwrap();
+    run_until(&mut h, "the panic's notice", |a| {
+        a.notices.errors().count() == 1
+    });
+    h.get_by_label_contains("a kernel bug");
+    assert!(app(&h).engine.is_alive());
+    assert!(matches!(app(&h).engine.model, ModelState::None));
+    assert_eq!(messages(&h).len(), 2, "the conversation is intact");
+    load_model(&mut h, "llama_gqa");
+    // (The first answer filled the tiny model's context: ask in a new chat.)
+    h.get_by_label("➕ New chat").click();
+    h.step();
+    type_and_send(&mut h, "second question");
+    wait_for_answer(&mut h);
+    assert_eq!(messages(&h).len(), 2);
+    assert!(messages(&h)[1].stop.is_some(), "answered");
+    assert_eq!(app(&h).conversations.len(), 2);
+}

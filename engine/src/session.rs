@@ -202,16 +202,23 @@ struct ProgressSource<'a> {
     /// The last whole percentage reported, so a large model sends ~100 events, not thousands.
     reported: AtomicUsize,
     progress: Mutex<LoadProgress<'a>>,
+    /// Polled before every tensor read: a cancelled load stops at the next tensor.
+    cancelled: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl<'a> ProgressSource<'a> {
-    fn new(inner: &'a dyn TensorSource, progress: LoadProgress<'a>) -> Self {
+    fn new(
+        inner: &'a dyn TensorSource,
+        progress: LoadProgress<'a>,
+        cancelled: &'a (dyn Fn() -> bool + Sync),
+    ) -> Self {
         ProgressSource {
             total: inner.names().len().max(1),
             inner,
             read: AtomicUsize::new(0),
             reported: AtomicUsize::new(usize::MAX),
             progress: Mutex::new(progress),
+            cancelled,
         }
     }
 
@@ -241,6 +248,9 @@ impl TensorSource for ProgressSource<'_> {
         self.inner.shape(name)
     }
     fn tensor(&self, name: &str) -> Result<crate::tensor::HostTensor> {
+        if (self.cancelled)() {
+            return Err(Error::Cancelled);
+        }
         let t = self.inner.tensor(name);
         self.tick();
         t
@@ -268,11 +278,22 @@ impl Session {
         opts: &LoadOptions,
         progress: LoadProgress,
     ) -> Result<Self> {
+        Self::load_cancellable(path, opts, progress, &|| false)
+    }
+
+    /// [`Session::load_with_progress`] that stops with [`Error::Cancelled`] once
+    /// `cancelled` returns true (polled between stages and before every tensor read).
+    pub fn load_cancellable(
+        path: &Path,
+        opts: &LoadOptions,
+        progress: LoadProgress,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Self> {
         let start = Instant::now();
         progress(load_stage::READING_CONFIG, 0.0);
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_file() && is_gguf(path) {
-            return Self::load_gguf(path, opts, start, progress);
+            return Self::load_gguf(path, opts, start, progress, cancelled);
         }
         if opts.mmproj.is_some() {
             return Err(Error::InvalidArgument(
@@ -314,7 +335,7 @@ impl Session {
             dtypes,
             default_sampling: default_sampling(path)?,
         };
-        Self::finish_load(loaded, &ckpt, opts, start, progress)
+        Self::finish_load(loaded, &ckpt, opts, start, progress, cancelled)
     }
 
     /// An LLM GGUF file, plus the mmproj file of `opts` for a vision model.
@@ -323,6 +344,7 @@ impl Session {
         opts: &LoadOptions,
         start: Instant,
         progress: LoadProgress,
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self> {
         progress(load_stage::OPENING_WEIGHTS, 0.02);
         let file = GgufFile::open(path)?;
@@ -355,7 +377,7 @@ impl Session {
             dtypes,
             default_sampling: SamplingParams::default(),
         };
-        Self::finish_load(loaded, &Sources(sources), opts, start, progress)
+        Self::finish_load(loaded, &Sources(sources), opts, start, progress, cancelled)
     }
 
     /// Builds the model on the chosen backend and the session around it.
@@ -365,6 +387,7 @@ impl Session {
         opts: &LoadOptions,
         start: Instant,
         progress: LoadProgress,
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self> {
         let Loaded {
             path,
@@ -391,7 +414,7 @@ impl Session {
         }
         // Weight progress counts tensors as the model reads them (twice for `auto`, which
         // builds the model on both backends).
-        let src = ProgressSource::new(src, &mut *progress);
+        let src = ProgressSource::new(src, &mut *progress, cancelled);
         let load = |kind| load_model(kind, opts, &spec, &src, quant, context_len);
         let (model, auto_note) = match opts.backend {
             BackendKind::Cpu => (load(BackendKind::Cpu)?, None),

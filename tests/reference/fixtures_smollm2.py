@@ -85,6 +85,10 @@ def write(root, gguf_path):
         ref[f"{i}.logits_last_prompt"] = logits[n - 1].clone()
         ref[f"{i}.logits_end"] = logits[-1].clone()
         top2 = logits.topk(2, dim=-1).values
+        # The margin of transformers' top-1 at every position: where it is a near-tie, f32
+        # rounding differences (another summation order, quantised activations) may pick the
+        # other token, and a greedy continuation is only defined up to there.
+        ref[f"{i}.top2_gap"] = (top2[:, 0] - top2[:, 1]).float()
         meta["prompts"].append({"prompt": prompt, "text": text, "answer": tok.decode(gen),
                                 "min_top2_gap": float((top2[:, 0] - top2[:, 1]).min())})
         print(f"smollm2 prompt {i}: {n} ids, answer {tok.decode(gen)!r}")

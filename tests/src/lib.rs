@@ -30,6 +30,10 @@ pub fn require(available: bool, what: &str) -> bool {
     false
 }
 
+/// A top-1 margin (in logits) below which a greedy choice is a near-tie: f32 rounding of
+/// another summation order or quantised activations may pick either token.
+pub const NEAR_TIE: f32 = 0.01;
+
 /// A reference.safetensors written by tests/reference/gen_fixtures.py.
 pub struct Reference {
     file: SafetensorsFile,
@@ -62,6 +66,25 @@ impl Reference {
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .collect()
+    }
+
+    /// How many greedy tokens of SmolLM2 case `case` are defined, i.e. decided by a margin
+    /// rounding cannot overturn: the continuation up to the first position where
+    /// transformers' top-1 leads its top-2 by less than `tie` logits, or where its own
+    /// teacher-forced argmax leaves its greedy continuation.
+    pub fn greedy_defined_len(&self, case: &str, tie: f32) -> usize {
+        let prompt = self.ids(&format!("{case}.input_ids")).len();
+        let generated = self.ids(&format!("{case}.generated_ids"));
+        let argmax = self.ids(&format!("{case}.argmax"));
+        let (_, gaps) = self.f32(&format!("{case}.top2_gap"));
+        generated
+            .iter()
+            .enumerate()
+            .take_while(|&(i, t)| {
+                let at = prompt - 1 + i;
+                argmax.get(at) == Some(t) && gaps.get(at).is_some_and(|&g| g >= tie)
+            })
+            .count()
     }
 
     pub fn has(&self, name: &str) -> bool {

@@ -35,6 +35,21 @@ fn load(engine: &mut Engine, name: &str) {
     }
 }
 
+/// The engine answers a two-token request.
+fn assert_generates_two_tokens(engine: &mut Engine) {
+    engine.send(Command::Generate(request(2))).unwrap();
+    loop {
+        match next(engine.events()) {
+            Event::Finished { metrics, .. } => {
+                assert_eq!(metrics.generated_tokens, 2);
+                return;
+            }
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+}
+
 fn request(max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         messages: vec![Message::user("What is the capital of France?")],
@@ -161,17 +176,7 @@ fn errors_leave_the_engine_usable() {
         }
     }
     load(&mut engine, "llama_gqa");
-    engine.send(Command::Generate(request(2))).unwrap();
-    loop {
-        match next(engine.events()) {
-            Event::Finished { metrics, .. } => {
-                assert_eq!(metrics.generated_tokens, 2);
-                break;
-            }
-            Event::Error(e) => panic!("{e}"),
-            _ => {}
-        }
-    }
+    assert_generates_two_tokens(&mut engine);
 }
 
 #[test]
@@ -248,15 +253,5 @@ fn a_model_too_big_for_memory_is_refused_with_advice() {
         }
     }
     load(&mut engine, "llama_mha");
-    engine.send(Command::Generate(request(2))).unwrap();
-    loop {
-        match next(engine.events()) {
-            Event::Finished { metrics, .. } => {
-                assert_eq!(metrics.generated_tokens, 2);
-                break;
-            }
-            Event::Error(e) => panic!("{e}"),
-            _ => {}
-        }
-    }
+    assert_generates_two_tokens(&mut engine);
 }

@@ -60,6 +60,7 @@ impl LoadChoice {
             quant: dtype(&self.quant),
             vision_quant: dtype(&self.vision_quant),
             mmproj,
+            prefill_chunk: None,
         }
     }
 }

@@ -93,7 +93,9 @@ pub fn llava_next_grid(width: usize, height: usize, tile: usize, max_tiles: usiz
 
 /// BlueLM-V-3B's relaxed aspect-ratio matching over [`candidate_grids`] with threshold
 /// `alpha` (see the module documentation). The first candidate is the starting point;
-/// a replacement takes over both R_e,max and R_w,min.
+/// a replacement takes over both R_e,max and R_w,min. One addition to the paper's rule: an
+/// equal R_e with less waste always replaces, so a degenerate image (R_e = 0 everywhere)
+/// gets one tile, not the largest canvas.
 pub fn relaxed_grid(
     width: usize,
     height: usize,
@@ -108,7 +110,10 @@ pub fn relaxed_grid(
         let (eff, waste) = resolutions(width, height, cw, ch);
         let gain = eff as f64 - max_eff as f64;
         let band = alpha * max_eff as f64;
-        if best.is_none() || gain > band || (gain.abs() < band && waste < min_waste) {
+        // An equal R_e is "about the same" even when the band is empty (R_e,max = 0: an
+        // image a pixel wide truncates to nothing on every canvas).
+        let same = gain.abs() < band || gain == 0.0;
+        if best.is_none() || gain > band || (same && waste < min_waste) {
             (max_eff, min_waste, best) = (eff, waste, Some(g));
         }
     }

@@ -264,8 +264,10 @@ impl Worker {
         // The turn's clock started when the request was taken: its times include this.
         let mut metrics = result.metrics;
         metrics.tokenize_ms = tokenize_ms;
+        // The timeline is in start order; work done ahead of the request comes first.
+        let at = metrics.timeline.partition_point(|s| s.start_ms < 0.0);
         metrics.timeline.insert(
-            0,
+            at,
             Span {
                 stage: Stage::Tokenize,
                 start_ms: 0.0,

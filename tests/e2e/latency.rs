@@ -180,3 +180,67 @@ fn prefill_runs_in_chunks_and_cancel_stops_within_one() {
     assert_eq!(g.tokens, expected);
     assert_eq!(g.metrics.reused_tokens, 128);
 }
+
+#[test]
+fn the_engine_prepares_an_attached_image_before_the_message_is_sent() {
+    use pocketvlm_engine::{Command, Engine, Event, GenerateRequest, LoadOptions};
+    let expected = Reference::open(&fixture(NAME)).ids("generated_ids");
+    let mut engine = Engine::spawn();
+    let next = |engine: &Engine| {
+        engine
+            .events()
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("an engine event")
+    };
+    // No model yet: a failure event, never an error.
+    engine
+        .send(Command::PrepareImage { path: image(1) })
+        .unwrap();
+    loop {
+        match next(&engine) {
+            Event::ImagePrepareFailed { path, .. } => {
+                assert_eq!(path, image(1));
+                break;
+            }
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    engine
+        .send(Command::Load {
+            path: fixture(NAME),
+            options: LoadOptions::default(),
+        })
+        .unwrap();
+    engine
+        .send(Command::PrepareImage { path: image(1) })
+        .unwrap();
+    engine
+        .send(Command::Generate(GenerateRequest {
+            messages: vec![Message::user(QUESTION).with_image(image(1))],
+            params: greedy(expected.len()),
+            raw: false,
+        }))
+        .unwrap();
+    let mut prepared = false;
+    loop {
+        match next(&engine) {
+            Event::ImagePrepared { image: p, .. } => {
+                assert_eq!((p.tokens, p.passes, p.cached), (IMAGE_ROWS, 3, false));
+                prepared = true;
+            }
+            Event::Finished { metrics, .. } => {
+                assert!(prepared);
+                assert_eq!(metrics.generated_tokens, expected.len());
+                let t = &metrics.timeline;
+                assert_eq!(t.first().map(|s| s.stage), Some(Stage::ImagePreprocess));
+                assert!(t[0].end_ms <= 0.0, "preprocessed before the request: {t:?}");
+                assert!(t.iter().any(|s| s.stage == Stage::Tokenize));
+                assert!(t.iter().any(|s| s.stage == Stage::Decode));
+                break;
+            }
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+}

@@ -244,3 +244,63 @@ fn the_engine_prepares_an_attached_image_before_the_message_is_sent() {
         }
     }
 }
+
+/// Pipelining, observed on the inline runner (what the GPU uses; the CPU's vision thread
+/// gives the same order without blocking): a prefill chunk that holds only the first tiles'
+/// rows runs with just their batch encoded, and the later tiles are encoded when a chunk
+/// first needs them — with the same logits as encoding everything first.
+#[test]
+fn prefill_of_the_first_tiles_runs_before_later_tiles_are_encoded() {
+    use pocketvlm_engine::backend::cpu::CpuBackend;
+    use pocketvlm_engine::load::safetensors::Checkpoint;
+    use pocketvlm_engine::load::spec::read_model_spec;
+    use pocketvlm_engine::model::vlm::{QuantPolicy, Vlm};
+    use pocketvlm_engine::model::{Logits, Model, Segment};
+
+    let dir = fixture(NAME);
+    let reference = Reference::open(&dir);
+    let spec = read_model_spec(&dir).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let mut vlm = Vlm::load(
+        CpuBackend::new(Some(2)).unwrap(),
+        &spec,
+        &ckpt,
+        QuantPolicy::default(),
+        2048,
+    )
+    .unwrap();
+    let (shape, pixels) = reference.f32("pixel_values.1");
+    let passes: Vec<Vec<f32>> = pixels
+        .chunks(pixels.len() / shape[0])
+        .map(<[f32]>::to_vec)
+        .collect();
+    let id = vlm.begin_image(passes.clone()).unwrap();
+    let text = [1u32, 2, 3];
+    // Chunk 1: text and the first 100 rows (pass 1, in the first batch of two passes).
+    let first = [Segment::Tokens(&text), Segment::Image { id, rows: 0..100 }];
+    vlm.forward(&first, 0, Logits::Last).unwrap();
+    let (times, ready) = vlm.image_times(id).unwrap();
+    assert!(!ready, "the third pass waits for a chunk that needs it");
+    assert!(times.vision_ms > 0.0);
+    // Chunk 2: the rest of the image (the second batch is encoded now).
+    let rest = [Segment::Image {
+        id,
+        rows: 100..IMAGE_ROWS,
+    }];
+    let piecewise = vlm.forward(&rest, text.len() + 100, Logits::Last).unwrap();
+    assert!(vlm.image_times(id).unwrap().1);
+
+    // The same prompt with the image encoded up front, in one call.
+    let whole = vlm.begin_image(passes).unwrap();
+    vlm.wait_image(whole).unwrap();
+    let all = [
+        Segment::Tokens(&text),
+        Segment::Image {
+            id: whole,
+            rows: 0..IMAGE_ROWS,
+        },
+    ];
+    let at_once = vlm.forward(&all, 0, Logits::Last).unwrap();
+    let (diff, scale) = pocketvlm_tests::max_abs_diff(&piecewise, &at_once);
+    assert!(diff <= 1e-5 * scale, "{diff} vs {scale}");
+}

@@ -833,6 +833,16 @@ impl Session {
 
     /// The content hashes of a prompt's images, preparing those not seen before.
     fn prompt_images(&mut self, prompt: &Prompt) -> Result<Vec<ImageHash>> {
+        let n = prompt.images.len();
+        if prompt
+            .parts
+            .iter()
+            .any(|p| matches!(p, PromptPart::Image(i) if *i >= n))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt places an image it does not carry (it has {n})"
+            )));
+        }
         let mut hashes = Vec::with_capacity(prompt.images.len());
         for path in &prompt.images {
             let t0 = Instant::now();

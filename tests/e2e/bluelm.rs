@@ -183,3 +183,25 @@ fn dynamic_resolution_rules_match_the_python_reference() {
     let g = relaxed_grid(380, 76, 384, 9, 0.1);
     assert!(upscale(380, 76, g, 384) < 5.0 / 1.0, "{g:?}");
 }
+
+#[test]
+fn a_prompt_that_places_a_missing_image_is_an_error() {
+    let mut session = load();
+    let prompt = pocketvlm_engine::Prompt {
+        parts: vec![PromptPart::Tokens(vec![1, 2]), PromptPart::Image(3)],
+        images: vec![image(0)],
+    };
+    let err = session
+        .chat(
+            &prompt,
+            &SamplingParams::default(),
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, pocketvlm_engine::Error::InvalidArgument(_)),
+        "{err}"
+    );
+    assert!(session.prompt_logits(&prompt).is_err());
+}

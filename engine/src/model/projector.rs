@@ -189,16 +189,13 @@ impl<B: Backend> Projector<B> {
         }
         match self {
             Projector::DownsampleMlp(d) => d.forward(be, x, side, tiles, out_dim),
-            Projector::Linear(_) | Projector::Mlp { .. } => {
-                // Token-wise: a stack of grids is just more rows.
+            // Token-wise: a stack of grids is just more rows.
+            Projector::Linear(l) => {
                 let mut out = be.tensor(be.rows(x), out_dim);
-                match self {
-                    Projector::Linear(l) => l.forward(be, x, &mut out),
-                    Projector::Mlp { fc1, fc2 } => out = Self::mlp(be, fc1, fc2, x, out_dim),
-                    _ => unreachable!(),
-                }
+                l.forward(be, x, &mut out);
                 Ok(out)
             }
+            Projector::Mlp { fc1, fc2 } => Ok(Self::mlp(be, fc1, fc2, x, out_dim)),
             _ if tiles == 1 => self.forward(be, x, side, out_dim),
             _ => {
                 let mut grid = be.tensor(n, be.cols(x));

@@ -275,11 +275,13 @@ impl<B: Backend> Vlm<B> {
     /// or idle while the user types). On a backend whose ops may be issued from two threads
     /// at once (the CPU's). Without this, passes are encoded inline when first needed.
     pub fn run_vision_on_thread(&mut self) -> Result<()> {
-        let Some(Runner::Inline(_)) = &self.vision else {
-            return Ok(());
-        };
-        let Some(Runner::Inline(vision)) = self.vision.take() else {
-            unreachable!()
+        let vision = match self.vision.take() {
+            Some(Runner::Inline(v)) => v,
+            other => {
+                // No tower, or already on its thread.
+                self.vision = other;
+                return Ok(());
+            }
         };
         let spec = vision.spec.clone();
         let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();

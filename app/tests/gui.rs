@@ -450,7 +450,20 @@ fn load_settings_and_generation_settings_can_be_switched() {
         pocketvlm_engine::BackendKind::Cpu
     );
 
-    // Load from the scan list: the Load button on llama_gqa's row.
+    // Load from the scan list: the Load button on llama_gqa's row (scrolled into view: the
+    // fixtures listed before it may push it below the window's fold).
+    let at = h.get_by_label("llama_gqa").rect().left_top() - egui::vec2(0.0, 150.0);
+    h.event(egui::Event::PointerMoved(at));
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(0.0, -300.0),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Unknown,
+        modifiers: egui::Modifiers::NONE,
+    });
+    for _ in 0..10 {
+        h.step();
+    }
     let row_y = h.get_by_label("llama_gqa").rect().center().y;
     let load = h
         .get_all_by_label("Load")

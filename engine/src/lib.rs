@@ -29,5 +29,8 @@ pub use chat::{Message, Role};
 pub use error::{Error, Result};
 pub use generate::{SamplingParams, StopReason};
 pub use metrics::TurnMetrics;
-pub use session::{BackendKind, LoadOptions, ModelInfo, Prompt, PromptPart, Session};
+pub use session::{
+    BackendKind, ImageHash, ImageTiming, LoadOptions, ModelInfo, PreparedImage, Prompt, PromptPart,
+    Session,
+};
 pub use worker::{Command, Engine, Event, GenerateRequest};

@@ -38,6 +38,81 @@ pub struct TurnMetrics {
     /// does not tell).
     #[serde(default)]
     pub process_memory_bytes: Option<u64>,
+    /// Prompt positions whose keys and values were kept from the previous turn (the common
+    /// prefix with what the KV cache held); only the rest was prefilled.
+    #[serde(default)]
+    pub reused_tokens: usize,
+    /// Prompt positions prefilled in this turn (`prompt_tokens − reused_tokens` unless
+    /// cancelled).
+    #[serde(default)]
+    pub prefill_tokens: usize,
+    /// What ran when: stage spans in milliseconds from the request (image work done ahead of
+    /// it, while the user typed, has negative offsets).
+    #[serde(default)]
+    pub timeline: Vec<Span>,
+}
+
+/// A stage of a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stage {
+    Tokenize,
+    ImagePreprocess,
+    VisionEncode,
+    Projector,
+    Prefill,
+    Decode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Tokenize,
+        Stage::ImagePreprocess,
+        Stage::VisionEncode,
+        Stage::Projector,
+        Stage::Prefill,
+        Stage::Decode,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Tokenize => "Tokenize",
+            Stage::ImagePreprocess => "Image preprocess",
+            Stage::VisionEncode => "Vision encode",
+            Stage::Projector => "Projector",
+            Stage::Prefill => "Prefill",
+            Stage::Decode => "Decode",
+        }
+    }
+}
+
+/// One piece of work on the turn's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    pub stage: Stage,
+    /// Milliseconds from the request (negative: before it).
+    pub start_ms: f64,
+    pub end_ms: f64,
+    /// What it was ("image 1, tiles 1–4", "128 tokens").
+    #[serde(default)]
+    pub label: String,
+    /// Positions it processed (prefill chunks) or tokens it produced (decode).
+    #[serde(default)]
+    pub tokens: usize,
+}
+
+impl Span {
+    pub fn ms(&self) -> f64 {
+        self.end_ms - self.start_ms
+    }
+}
+
+/// Milliseconds from `origin` to `t`, negative when `t` is earlier.
+pub fn offset_ms(origin: std::time::Instant, t: std::time::Instant) -> f64 {
+    if t >= origin {
+        ms_between(origin, t)
+    } else {
+        -ms_between(t, origin)
+    }
 }
 
 /// How long one image encode spent in each part of the vision path.
@@ -69,6 +144,11 @@ fn rate(n: usize, ms: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Milliseconds from `a` to `b` (0 if `b` is earlier).
+pub fn ms_between(a: std::time::Instant, b: std::time::Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1000.0
 }
 
 /// Milliseconds since `t`.

@@ -14,7 +14,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuBackend, GpuOptions};
 use crate::chat::{Message, templates};
 use crate::error::{Error, Result};
-use crate::generate::{self, Generation, SamplingParams, TextStream};
+use crate::generate::{self, GenerateOptions, Generation, SamplingParams, TextStream};
 use crate::load::gguf::GgufFile;
 use crate::load::gguf_model::{self, GgufSource, Sources};
 use crate::load::gguf_tokenizer;
@@ -23,7 +23,9 @@ use crate::load::safetensors::Checkpoint;
 use crate::load::source::TensorSource;
 use crate::load::spec::read_model_spec;
 use crate::load::tokenizer::{Tokenizer, TokenizerPreference};
-use crate::metrics::{TurnMetrics, ms_since, process_memory_bytes};
+use crate::metrics::{
+    Span, Stage, TurnMetrics, ms_between, ms_since, offset_ms, process_memory_bytes,
+};
 use crate::model::spec::{Family, ImagePlaceholder, ModelSpec, PromptTemplate};
 use crate::model::vlm::{QuantPolicy, Vlm};
 use crate::model::{ImageId, Logits, Model, Segment};
@@ -70,6 +72,10 @@ pub struct LoadOptions {
     /// the system reports available); a model estimated to need more is refused.
     #[serde(default)]
     pub memory_limit: Option<u64>,
+    /// Positions per prefill call (default 128, BlueLM-V's choice); a cancel is honoured
+    /// between calls.
+    #[serde(default)]
+    pub prefill_chunk: Option<usize>,
 }
 
 /// What the UI and `pocketvlm info` show about a loaded model.
@@ -155,7 +161,90 @@ pub struct Session {
     spec: ModelSpec,
     stop_ids: Vec<u32>,
     info: ModelInfo,
+    /// Encoded images by content.
+    images: ImageCache,
+    /// What the KV cache holds, position by position (prefix reuse across turns).
+    kv: Vec<PosKey>,
+    prefix_reuse: bool,
+    prefill_chunk: usize,
 }
+
+/// A content hash of an image file's bytes: the key of the image cache and of image
+/// positions in the KV cache. Two SipHash-2-4 streams with different keys (128 bits); not cryptographic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ImageHash(pub u64, pub u64);
+
+impl ImageHash {
+    pub fn of(bytes: &[u8]) -> ImageHash {
+        use std::hash::Hasher;
+        let stream = |seed: u64| {
+            #[allow(deprecated)]
+            let mut h = std::hash::SipHasher::new_with_keys(seed, !seed);
+            h.write(bytes);
+            h.finish()
+        };
+        ImageHash(stream(0x5eed_0001), stream(0x5eed_0002))
+    }
+}
+
+/// One KV-cache position: a text token, or row `r` of an image's embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PosKey {
+    Token(u32),
+    Image(ImageHash, u32),
+}
+
+/// What [`Session::prepare_image`] did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreparedImage {
+    pub hash: ImageHash,
+    /// Language-model positions the image fills.
+    pub tokens: usize,
+    /// Vision passes: tiles plus thumbnail (1 for fixed-resolution towers).
+    pub passes: usize,
+    pub grid: crate::image::tiles::TileGrid,
+    pub thumbnail: bool,
+    /// The decoded image's size.
+    pub width: u32,
+    pub height: u32,
+    /// Reading, decoding and preprocessing (0 when it was cached).
+    pub preprocess_ms: f64,
+    /// It was already encoded (or being encoded): nothing new ran.
+    pub cached: bool,
+}
+
+/// How far an image's encoding has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageTiming {
+    pub vision_ms: f64,
+    pub projector_ms: f64,
+    pub ready: bool,
+}
+
+/// Encoded images kept between turns, least recently used evicted past a budget.
+#[derive(Default)]
+struct ImageCache {
+    entries: std::collections::HashMap<ImageHash, CachedImage>,
+    clock: u64,
+    /// Encode spans finished but not yet shown on a turn's timeline.
+    spans: Vec<crate::model::vlm::EncodeSpan>,
+}
+
+struct CachedImage {
+    /// The embeddings in the model (`None` once evicted: positions of the image already in
+    /// the KV cache still match by hash).
+    id: Option<ImageId>,
+    info: PreparedImage,
+    /// When reading and preprocessing ran.
+    preprocess: Option<(Instant, Instant)>,
+    last_used: u64,
+    /// Its preparation is already on some turn's timeline.
+    reported: bool,
+}
+
+/// Encoded images kept in the model beyond the KV cache's own (a tiled 3B image is a few
+/// tens of MB of embeddings).
+const IMAGE_CACHE_ENTRIES: usize = 8;
 
 /// Sampling defaults from generation_config.json (`do_sample`, `temperature`, `top_k`,
 /// `top_p`, `repetition_penalty`), greedy where it says nothing.
@@ -462,6 +551,13 @@ impl Session {
             spec,
             stop_ids,
             info,
+            images: ImageCache::default(),
+            kv: Vec::new(),
+            prefix_reuse: true,
+            prefill_chunk: opts
+                .prefill_chunk
+                .unwrap_or(crate::model::llm::PREFILL_CHUNK)
+                .max(1),
         })
     }
 
@@ -486,8 +582,31 @@ impl Session {
         self.model.as_ref()
     }
 
+    /// The model, to drive directly. Whatever is done with it may change the KV cache, so
+    /// the next turn starts without prefix reuse.
     pub fn model_mut(&mut self) -> &mut dyn Model {
+        self.kv.clear();
         self.model.as_mut()
+    }
+
+    /// Turns prefix reuse across turns on (the default) or off.
+    pub fn set_prefix_reuse(&mut self, on: bool) {
+        self.prefix_reuse = on;
+        self.kv.clear();
+    }
+
+    /// Positions per prefill call; a cancel is honoured between calls.
+    pub fn set_prefill_chunk(&mut self, positions: usize) {
+        self.prefill_chunk = positions.max(1);
+    }
+
+    pub fn prefill_chunk(&self) -> usize {
+        self.prefill_chunk
+    }
+
+    /// Positions the KV cache holds from the last turn, available for reuse.
+    pub fn cached_positions(&self) -> usize {
+        self.kv.len()
     }
 
     pub fn stop_ids(&self) -> &[u32] {
@@ -605,16 +724,235 @@ impl Session {
         Ok(parts)
     }
 
-    /// Preprocesses and encodes one image file; the model keeps its embeddings until
-    /// [`Model::release_image`].
+    /// Preprocesses and encodes one image file (outside the image cache); the model keeps its
+    /// embeddings until [`Model::release_image`].
     pub fn encode_image_file(&mut self, path: &Path) -> Result<ImageId> {
-        let pixels = image_pixels(&self.spec, path)?;
-        self.model.encode_image(&pixels)
+        let passes = self.image_passes(path)?.passes;
+        let id = self.model.begin_image(passes)?;
+        if let Err(e) = self.model.wait_image(id) {
+            self.model.release_image(id);
+            return Err(e);
+        }
+        Ok(id)
     }
 
-    /// The normalised CHW pixels the vision tower gets for an image file.
+    /// The normalised CHW pixels of every vision pass of an image file (its tiles and
+    /// thumbnail for a tiled model; one pass otherwise).
+    pub fn image_passes(&self, path: &Path) -> Result<crate::image::PreparedPixels> {
+        let vision = self.vision_spec()?;
+        let img = crate::image::load_image(path)?;
+        Ok(crate::image::preprocess_passes(
+            &img,
+            &vision.processor,
+            vision.tiling.as_ref(),
+        ))
+    }
+
+    /// The normalised CHW pixels the vision tower gets for an image file (the first pass of
+    /// a tiled model).
     pub fn image_pixels(&self, path: &Path) -> Result<Vec<f32>> {
-        image_pixels(&self.spec, path)
+        let mut passes = self.image_passes(path)?.passes;
+        Ok(passes.swap_remove(0))
+    }
+
+    fn vision_spec(&self) -> Result<&crate::model::spec::VisionSpec> {
+        self.spec.vision.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("this model has no vision tower: it cannot take images".into())
+        })
+    }
+
+    /// Encode-while-typing: reads, decodes and preprocesses an image file and starts its
+    /// encoding — on the vision thread when the model has one, so this returns once the
+    /// pixels are ready. The result is kept by content: a prompt with the same image (any
+    /// path) uses it without encoding again. A cached image returns at once.
+    pub fn prepare_image(&mut self, path: &Path) -> Result<PreparedImage> {
+        let t0 = Instant::now();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let hash = ImageHash::of(&bytes);
+        self.prepare_bytes(path, &bytes, hash, t0)
+    }
+
+    fn prepare_bytes(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        hash: ImageHash,
+        t0: Instant,
+    ) -> Result<PreparedImage> {
+        self.images.clock += 1;
+        let clock = self.images.clock;
+        if let Some(e) = self.images.entries.get_mut(&hash)
+            && e.id.is_some()
+        {
+            e.last_used = clock;
+            let mut info = e.info.clone();
+            info.cached = true;
+            info.preprocess_ms = 0.0;
+            return Ok(info);
+        }
+        let vision = self.vision_spec()?;
+        let img = crate::image::decode_image(bytes, path)?;
+        let pp = crate::image::preprocess_passes(&img, &vision.processor, vision.tiling.as_ref());
+        let t1 = Instant::now();
+        let passes = pp.passes.len();
+        let id = self.model.begin_image(pp.passes)?;
+        let info = PreparedImage {
+            hash,
+            tokens: self.model.image_rows(id).unwrap_or(0),
+            passes,
+            grid: pp.grid,
+            thumbnail: pp.thumbnail,
+            width: pp.width,
+            height: pp.height,
+            preprocess_ms: ms_between(t0, t1),
+            cached: false,
+        };
+        self.images.entries.insert(
+            hash,
+            CachedImage {
+                id: Some(id),
+                info: info.clone(),
+                preprocess: Some((t0, t1)),
+                last_used: clock,
+                reported: false,
+            },
+        );
+        self.evict_images();
+        Ok(info)
+    }
+
+    /// Releases the least recently used embeddings past the cache's budget (their entries
+    /// stay, so KV positions of those images still match).
+    fn evict_images(&mut self) {
+        loop {
+            let live = self.images.entries.iter().filter(|(_, e)| e.id.is_some());
+            if live.clone().count() <= IMAGE_CACHE_ENTRIES {
+                break;
+            }
+            let Some(oldest) = live.min_by_key(|(_, e)| e.last_used).map(|(h, _)| *h) else {
+                break;
+            };
+            if let Some(id) = self
+                .images
+                .entries
+                .get_mut(&oldest)
+                .and_then(|e| e.id.take())
+            {
+                self.model.release_image(id);
+            }
+        }
+    }
+
+    /// How far the encoding of a prepared image has come (`None`: not in the cache).
+    pub fn image_timing(&mut self, hash: &ImageHash) -> Option<ImageTiming> {
+        let id = self.images.entries.get(hash)?.id?;
+        let (t, ready) = self.model.image_times(id)?;
+        Some(ImageTiming {
+            vision_ms: t.vision_ms,
+            projector_ms: t.projector_ms,
+            ready,
+        })
+    }
+
+    /// Waits until a prepared image is encoded, and reports what it took.
+    pub fn wait_image(&mut self, hash: &ImageHash) -> Result<ImageTiming> {
+        let id = self
+            .images
+            .entries
+            .get(hash)
+            .and_then(|e| e.id)
+            .ok_or_else(|| Error::InvalidArgument("that image is not prepared".into()))?;
+        self.model.wait_image(id)?;
+        self.image_timing(hash)
+            .ok_or_else(|| Error::InvalidArgument("that image is not prepared".into()))
+    }
+
+    /// The content hashes of a prompt's images, preparing those not seen before.
+    fn prompt_images(&mut self, prompt: &Prompt) -> Result<Vec<ImageHash>> {
+        let n = prompt.images.len();
+        if prompt
+            .parts
+            .iter()
+            .any(|p| matches!(p, PromptPart::Image(i) if *i >= n))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt places an image it does not carry (it has {n})"
+            )));
+        }
+        let mut hashes = Vec::with_capacity(prompt.images.len());
+        for path in &prompt.images {
+            let t0 = Instant::now();
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let hash = ImageHash::of(&bytes);
+            if !self.images.entries.contains_key(&hash) {
+                self.prepare_bytes(path, &bytes, hash, t0)?;
+            }
+            self.images.clock += 1;
+            if let Some(e) = self.images.entries.get_mut(&hash) {
+                e.last_used = self.images.clock;
+            }
+            hashes.push(hash);
+        }
+        Ok(hashes)
+    }
+
+    /// The KV key of every position of a prompt.
+    fn prompt_keys(&self, prompt: &Prompt, hashes: &[ImageHash]) -> Vec<PosKey> {
+        let mut keys = Vec::new();
+        for part in &prompt.parts {
+            match part {
+                PromptPart::Tokens(t) => keys.extend(t.iter().map(|&t| PosKey::Token(t))),
+                PromptPart::Image(i) => {
+                    let hash = hashes[*i];
+                    let rows = self.images.entries.get(&hash).map_or(0, |e| e.info.tokens);
+                    keys.extend((0..rows as u32).map(|r| PosKey::Image(hash, r)));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Makes sure the embeddings of every image with positions from `from` on are in the
+    /// model (an evicted one is prepared again), and returns each image's id.
+    fn image_ids(
+        &mut self,
+        prompt: &Prompt,
+        hashes: &[ImageHash],
+        from: usize,
+    ) -> Result<Vec<ImageId>> {
+        let mut at = 0;
+        for part in &prompt.parts {
+            match part {
+                PromptPart::Tokens(t) => at += t.len(),
+                PromptPart::Image(i) => {
+                    let hash = hashes[*i];
+                    let rows = self.images.entries.get(&hash).map_or(0, |e| e.info.tokens);
+                    let evicted = self
+                        .images
+                        .entries
+                        .get(&hash)
+                        .is_some_and(|e| e.id.is_none());
+                    if at + rows > from && evicted {
+                        let path = &prompt.images[*i];
+                        let t0 = Instant::now();
+                        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                        self.prepare_bytes(path, &bytes, hash, t0)?;
+                    }
+                    at += rows;
+                }
+            }
+        }
+        // Images wholly inside the reused prefix are never read: any id does for them.
+        Ok(hashes
+            .iter()
+            .map(|h| {
+                self.images
+                    .entries
+                    .get(h)
+                    .and_then(|e| e.id)
+                    .unwrap_or(ImageId(u64::MAX))
+            })
+            .collect())
     }
 
     /// Low-level generation from token ids (no template, no images).
@@ -625,6 +963,7 @@ impl Session {
         cancelled: &dyn Fn() -> bool,
         on_token: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<Generation> {
+        self.kv.clear();
         generate::generate(
             self.model.as_mut(),
             &[Segment::Tokens(prompt)],
@@ -645,23 +984,60 @@ impl Session {
         cancelled: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(u32, &str),
     ) -> Result<(Generation, String)> {
+        self.chat_from(Instant::now(), prompt, params, cancelled, on_text)
+    }
+
+    /// [`Session::chat`] for a turn requested at `turn_start` (the origin of its timeline and
+    /// time to first token). Images come from the cache when they were prepared (or used)
+    /// before; the longest prefix of the prompt that the KV cache already holds — text and
+    /// images compared token by token and by content — is kept, and only the rest is
+    /// prefilled.
+    pub fn chat_from(
+        &mut self,
+        turn_start: Instant,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        cancelled: &dyn Fn() -> bool,
+        on_text: &mut dyn FnMut(u32, &str),
+    ) -> Result<(Generation, String)> {
+        let hashes = self.prompt_images(prompt)?;
+        let keys = self.prompt_keys(prompt, &hashes);
+        let mut reuse = if self.prefix_reuse {
+            self.kv
+                .iter()
+                .zip(&keys)
+                .take_while(|(a, b)| a == b)
+                .count()
+        } else {
+            0
+        };
+        // At least one position runs: its logits give the first token.
+        reuse = reuse.min(keys.len().saturating_sub(1));
+        let ids = self.image_ids(prompt, &hashes, reuse)?;
+        let segments = segments_of(prompt, &ids, &self.images, &hashes);
+        // Until the turn ends the cache holds a mix; on failure nothing is reused.
+        self.kv.clear();
+
         let mut stream = TextStream::default();
         let mut text = String::new();
         let tokenizer = &self.tokenizer;
-        let stop_ids = &self.stop_ids;
-        let mut image_times = TurnMetrics::default();
-        let mut generation = with_segments(
+        let opts = GenerateOptions {
+            reuse,
+            prefill_chunk: self.prefill_chunk,
+            clock: Some(turn_start),
+        };
+        let mut generation = generate::generate_with(
             self.model.as_mut(),
-            &self.spec,
-            prompt,
-            &mut image_times,
-            |model, segments| {
-                generate::generate(model, segments, params, stop_ids, cancelled, &mut |id| {
-                    let piece = stream.push(tokenizer, id)?.unwrap_or_default();
-                    text.push_str(&piece);
-                    on_text(id, &piece);
-                    Ok(())
-                })
+            &segments,
+            params,
+            &self.stop_ids,
+            &opts,
+            cancelled,
+            &mut |id| {
+                let piece = stream.push(tokenizer, id)?.unwrap_or_default();
+                text.push_str(&piece);
+                on_text(id, &piece);
+                Ok(())
             },
         )?;
         let tail = stream.finish(tokenizer)?;
@@ -669,42 +1045,126 @@ impl Session {
             text.push_str(&tail);
             on_text(u32::MAX, &tail);
         }
-        // The images are encoded before the generation clock starts; from the caller's side
-        // they are part of the wait for the first token.
+
+        let n = generation.kv_positions;
+        let mut kv = keys[..n.min(keys.len())].to_vec();
+        let fed = n.saturating_sub(keys.len());
+        kv.extend(
+            generation
+                .tokens
+                .iter()
+                .take(fed)
+                .map(|&t| PosKey::Token(t)),
+        );
+        self.kv = kv;
+
         let m = &mut generation.metrics;
-        m.images = image_times.images;
-        m.image_preprocess_ms = image_times.image_preprocess_ms;
-        m.vision_encode_ms = image_times.vision_encode_ms;
-        m.projector_ms = image_times.projector_ms;
-        m.ttft_ms += m.image_ms();
-        m.total_ms += m.image_ms();
+        m.images = prompt.images.len();
+        self.image_timeline(turn_start, &hashes, m);
         m.weight_bytes = self.model.weight_bytes();
         m.kv_cache_bytes = self.model.kv_bytes();
         m.process_memory_bytes = process_memory_bytes();
         Ok((generation, text))
     }
 
+    /// Adds to a turn's metrics the image work done for its images — now or ahead of the
+    /// request — not shown on an earlier turn: preprocessing and every encode batch.
+    fn image_timeline(&mut self, origin: Instant, hashes: &[ImageHash], m: &mut TurnMetrics) {
+        let finished = self.model.take_encode_spans();
+        self.images.spans.extend(finished);
+        let mut spans = Vec::new();
+        let mut seen = Vec::new();
+        for (k, hash) in hashes.iter().enumerate() {
+            if seen.contains(hash) {
+                continue;
+            }
+            seen.push(*hash);
+            let Some(e) = self.images.entries.get_mut(hash) else {
+                continue;
+            };
+            if !e.reported
+                && let Some((a, b)) = e.preprocess
+            {
+                e.reported = true;
+                m.image_preprocess_ms += ms_between(a, b);
+                spans.push(Span {
+                    stage: Stage::ImagePreprocess,
+                    start_ms: offset_ms(origin, a),
+                    end_ms: offset_ms(origin, b),
+                    label: format!(
+                        "image {}: {}×{} → {}×{} tiles{}",
+                        k + 1,
+                        e.info.width,
+                        e.info.height,
+                        e.info.grid.cols,
+                        e.info.grid.rows,
+                        if e.info.thumbnail { " + thumbnail" } else { "" }
+                    ),
+                    tokens: 0,
+                });
+            }
+            let Some(id) = e.id else { continue };
+            let passes = e.info.passes;
+            let mut rest = Vec::new();
+            for s in self.images.spans.drain(..) {
+                if s.image != id {
+                    rest.push(s);
+                    continue;
+                }
+                m.vision_encode_ms += ms_between(s.start, s.vision_end);
+                m.projector_ms += ms_between(s.vision_end, s.end);
+                let label = format!(
+                    "image {}: passes {}–{} of {passes}",
+                    k + 1,
+                    s.first + 1,
+                    s.first + s.count
+                );
+                spans.push(Span {
+                    stage: Stage::VisionEncode,
+                    start_ms: offset_ms(origin, s.start),
+                    end_ms: offset_ms(origin, s.vision_end),
+                    label: label.clone(),
+                    tokens: s.count,
+                });
+                spans.push(Span {
+                    stage: Stage::Projector,
+                    start_ms: offset_ms(origin, s.vision_end),
+                    end_ms: offset_ms(origin, s.end),
+                    label,
+                    tokens: s.count,
+                });
+            }
+            self.images.spans = rest;
+        }
+        // Spans of images no turn has used yet wait for one; keep the list bounded.
+        let excess = self.images.spans.len().saturating_sub(256);
+        self.images.spans.drain(..excess);
+        spans.append(&mut m.timeline);
+        spans.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        m.timeline = spans;
+    }
+
     /// Runs `tokens` at positions `pos0..` on top of the KV cache already filled for
     /// positions `0..pos0`, returning the last position's logits.
     pub fn forward_last(&mut self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>> {
+        self.kv.clear();
         self.model
             .forward(&[Segment::Tokens(tokens)], pos0, Logits::Last)
     }
 
     /// Logits for every position of `ids` run from position 0, `[ids.len() × vocab]`.
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.kv.clear();
         self.model.forward(&[Segment::Tokens(ids)], 0, Logits::All)
     }
 
     /// Logits for every position of a prompt (images spliced in), `[positions × vocab]`.
     pub fn prompt_logits(&mut self, prompt: &Prompt) -> Result<Vec<f32>> {
-        with_segments(
-            self.model.as_mut(),
-            &self.spec,
-            prompt,
-            &mut TurnMetrics::default(),
-            |model, segments| model.forward(segments, 0, Logits::All),
-        )
+        let hashes = self.prompt_images(prompt)?;
+        let ids = self.image_ids(prompt, &hashes, 0)?;
+        let segments = segments_of(prompt, &ids, &self.images, &hashes);
+        self.kv.clear();
+        self.model.forward(&segments, 0, Logits::All)
     }
 
     /// Whether this model reads images.
@@ -729,7 +1189,13 @@ fn load_model(
         }
         _ => {
             let be = CpuBackend::new(opts.threads)?;
-            Box::new(Vlm::load(be, spec, src, quant, context_len)?)
+            let mut vlm = Vlm::load(be, spec, src, quant, context_len)?;
+            // On the CPU the vision tower gets a thread of its own, so images encode while
+            // the engine does other work (the prefill of text and of tiles already encoded,
+            // or nothing while the user types). GPU command streams are recorded from one
+            // thread, so there tiles are encoded inline, interleaved with the prefill.
+            vlm.run_vision_on_thread()?;
+            Box::new(vlm)
         }
     })
 }
@@ -777,67 +1243,22 @@ fn pick_faster(
     })
 }
 
-/// The normalised CHW pixels a model's vision tower gets for an image file.
-fn image_pixels(spec: &ModelSpec, path: &Path) -> Result<Vec<f32>> {
-    let vision = spec.vision.as_ref().ok_or_else(|| {
-        Error::InvalidArgument("this model has no vision tower: it cannot take images".into())
-    })?;
-    crate::image::preprocess_file(path, &vision.processor)
-}
-
-/// Encodes the prompt's images, runs `f` on the prompt as model segments, and releases the
-/// images whatever happens. The image count and stage times are added to `times`.
-fn with_segments<T>(
-    model: &mut dyn Model,
-    spec: &ModelSpec,
-    prompt: &Prompt,
-    times: &mut TurnMetrics,
-    f: impl FnOnce(&mut dyn Model, &[Segment]) -> Result<T>,
-) -> Result<T> {
-    let mut ids = Vec::with_capacity(prompt.images.len());
-    let mut encoded = Ok(());
-    for path in &prompt.images {
-        let start = Instant::now();
-        let pixels = image_pixels(spec, path);
-        times.image_preprocess_ms += ms_since(start);
-        let start = Instant::now();
-        let id = pixels.and_then(|px| model.encode_image(&px));
-        let encode_ms = ms_since(start);
-        match model.last_encode_times() {
-            Some(t) => {
-                times.vision_encode_ms += t.vision_ms;
-                times.projector_ms += t.projector_ms;
-            }
-            None => times.vision_encode_ms += encode_ms,
-        }
-        match id {
-            Ok(id) => {
-                times.images += 1;
-                ids.push(id)
-            }
-            Err(e) => {
-                encoded = Err(e);
-                break;
-            }
-        }
-    }
-    let out = encoded.and_then(|()| {
-        let n_rows = model.image_tokens().unwrap_or(0);
-        let segments: Vec<Segment> = prompt
-            .parts
-            .iter()
-            .map(|p| match p {
-                PromptPart::Tokens(t) => Segment::Tokens(t),
-                PromptPart::Image(i) => Segment::Image {
-                    id: ids[*i],
-                    rows: 0..n_rows,
-                },
-            })
-            .collect();
-        f(model, &segments)
-    });
-    for id in ids {
-        model.release_image(id);
-    }
-    out
+/// A prompt as model segments: every image placeholder becomes all of its image's rows.
+fn segments_of<'a>(
+    prompt: &'a Prompt,
+    ids: &[ImageId],
+    cache: &ImageCache,
+    hashes: &[ImageHash],
+) -> Vec<Segment<'a>> {
+    prompt
+        .parts
+        .iter()
+        .map(|p| match p {
+            PromptPart::Tokens(t) => Segment::Tokens(t),
+            PromptPart::Image(i) => Segment::Image {
+                id: ids[*i],
+                rows: 0..cache.entries.get(&hashes[*i]).map_or(0, |e| e.info.tokens),
+            },
+        })
+        .collect()
 }

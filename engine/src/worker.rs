@@ -12,8 +12,9 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::{SamplingParams, StopReason};
+use crate::metrics::{Span, Stage};
 use crate::metrics::{TurnMetrics, ms_since};
-use crate::session::{LoadOptions, ModelInfo, Session};
+use crate::session::{LoadOptions, ModelInfo, PreparedImage, Session};
 
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
@@ -30,6 +31,13 @@ pub enum Command {
         options: LoadOptions,
     },
     Unload,
+    /// Encode-while-typing: read, preprocess and start encoding an image as soon as it is
+    /// attached, so the answer to the message that carries it does not wait for the vision
+    /// tower. The result is kept by content hash; the engine answers with
+    /// [`Event::ImagePrepared`] (or [`Event::ImagePrepareFailed`]), never [`Event::Error`].
+    PrepareImage {
+        path: PathBuf,
+    },
     Generate(GenerateRequest),
     Shutdown,
     /// Panics inside the engine thread with this message: for tests of the panic isolation;
@@ -58,6 +66,17 @@ pub enum Event {
     },
     Loaded(ModelInfo),
     Unloaded,
+    /// An image was preprocessed and its encoding started (or it was already cached).
+    ImagePrepared {
+        path: PathBuf,
+        image: PreparedImage,
+    },
+    /// Preparing an image failed (no model, not a vision model, unreadable file). The
+    /// message that carries it will report the problem again if it is sent.
+    ImagePrepareFailed {
+        path: PathBuf,
+        error: String,
+    },
     /// The prompt was tokenised; prefill starts.
     Started {
         prompt_tokens: usize,
@@ -224,6 +243,22 @@ impl Worker {
                 self.session = None;
                 self.emit(Event::Unloaded);
             }
+            Command::PrepareImage { path } => {
+                let prepared = match self.session.as_mut() {
+                    None => Err(Error::NoModel),
+                    Some(s) if !s.is_vision_model() => Err(Error::InvalidArgument(
+                        "the loaded model is text-only".into(),
+                    )),
+                    Some(s) => s.prepare_image(&path),
+                };
+                self.emit(match prepared {
+                    Ok(image) => Event::ImagePrepared { path, image },
+                    Err(e) => Event::ImagePrepareFailed {
+                        path,
+                        error: e.to_string(),
+                    },
+                });
+            }
             Command::Generate(req) => {
                 self.generate(req)?;
             }
@@ -244,16 +279,28 @@ impl Worker {
         });
 
         let events = self.events.clone();
-        let (result, text) = session.chat(&prompt, &req.params, &cancelled, &mut |id, piece| {
-            let _ = events.send(Event::Token {
-                id,
-                text: piece.to_string(),
-            });
-        })?;
+        let (result, text) =
+            session.chat_from(start, &prompt, &req.params, &cancelled, &mut |id, piece| {
+                let _ = events.send(Event::Token {
+                    id,
+                    text: piece.to_string(),
+                });
+            })?;
+        // The turn's clock started when the request was taken: its times include this.
         let mut metrics = result.metrics;
         metrics.tokenize_ms = tokenize_ms;
-        metrics.ttft_ms += tokenize_ms;
-        metrics.total_ms += tokenize_ms;
+        // The timeline is in start order; work done ahead of the request comes first.
+        let at = metrics.timeline.partition_point(|s| s.start_ms < 0.0);
+        metrics.timeline.insert(
+            at,
+            Span {
+                stage: Stage::Tokenize,
+                start_ms: 0.0,
+                end_ms: tokenize_ms,
+                label: format!("{} prompt positions", metrics.prompt_tokens),
+                tokens: 0,
+            },
+        );
         self.emit(Event::Finished {
             text,
             stop: result.stop,

@@ -372,3 +372,41 @@ fn a_missing_adapter_is_an_error_for_gpu_and_the_cpu_for_auto() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// bluelm-v on the GPU: the passes are encoded inline, a batch of two tiles at a time, when
+/// the prefill first needs their rows — the batched tower, the downsampler (four column-block
+/// matmuls) and the interleaved prefill against the reference.
+#[test]
+fn bluelm_tiles_are_encoded_inline_and_match_the_reference() {
+    if !gpu_available() {
+        return;
+    }
+    let reference = Reference::open(&fixture("bluelm_tiny"));
+    let (mut g, spec) = load(gpu(), "bluelm_tiny", None);
+    let (shape, pixels) = reference.f32("pixel_values.1");
+    let per = pixels.len() / shape[0];
+    let passes = pixels.chunks(per).map(<[f32]>::to_vec).collect();
+    let id = g.begin_image(passes).unwrap();
+    // Nothing is encoded before a chunk needs it.
+    assert_eq!(g.image_times(id).map(|t| t.1), Some(false));
+    let ids = reference.i64("input_ids");
+    let rows = g.image_rows(id).unwrap();
+    let mut runs = vec![];
+    let seg = segments(&spec, &ids, rows, &mut runs, &[id]);
+    let logits = g.forward(&seg, 0, Logits::All).unwrap();
+    let (tail_shape, tail) = reference.f32("logits_tail");
+    let vocab = spec.llm.vocab_size;
+    assert_close(
+        "bluelm logits (reference)",
+        &logits[logits.len() - tail_shape[0] * vocab..],
+        &tail,
+    );
+    let (_, expected) = reference.f32("image_features.1");
+    assert_close(
+        "bluelm image rows (reference)",
+        &g.image_embeddings(id).unwrap(),
+        &expected,
+    );
+    let want = reference.ids("generated_ids");
+    assert_eq!(greedy(&mut g, &seg, want.len()), want);
+}

@@ -11,12 +11,14 @@ use pocketvlm_engine::model::{ImageId, Logits, Segment};
 use pocketvlm_engine::{LoadOptions, Session};
 use pocketvlm_tests::{Reference, fixture, max_abs_diff};
 
-const FAMILIES: [(&str, &str); 5] = [
+const FAMILIES: [(&str, &str); 6] = [
     ("mobilevlm_v1", "mobilevlm"),
     ("mobilevlm_v2", "mobilevlm-v2"),
     ("imp_v1", "imp-phi2"),
     ("imp_qwen", "imp-qwen2"),
     ("imp_phi3", "imp-phi3"),
+    // Imp-v1.5-3B-196's resolution reduction: a tower at 196 px, 14×14 = 196 tokens.
+    ("imp_196", "imp-phi2"),
 ];
 
 fn load(name: &str) -> Session {
@@ -154,4 +156,15 @@ fn logits_with_the_image_spliced_in_match() {
 fn two_images_in_a_two_turn_conversation_match() {
     check_logits_and_greedy("mobilevlm_v2", "multi.", 2);
     check_logits_and_greedy("mobilevlm_v1", "multi.", 2);
+}
+
+#[test]
+fn imp_196_runs_its_retrained_tower_at_196_tokens() {
+    // The resolution reduction is the checkpoint's own tower (retrained at 196 px), read
+    // from its config: no user-facing knob changes the image token count.
+    let session = load("imp_196");
+    let vision = session.spec().vision.as_ref().unwrap();
+    assert_eq!(vision.tower.image_size, 28);
+    assert_eq!(vision.processor.size, 28);
+    assert_eq!(session.model().image_tokens(), Some(196));
 }

@@ -6,12 +6,13 @@ use pocketvlm_engine::model::spec::ImagePlaceholder;
 use pocketvlm_engine::{LoadOptions, Message, PromptPart, SamplingParams, Session};
 use pocketvlm_tests::{Reference, fixture};
 
-const FAMILIES: [&str; 5] = [
+const FAMILIES: [&str; 6] = [
     "mobilevlm_v1",
     "mobilevlm_v2",
     "imp_v1",
     "imp_qwen",
     "imp_phi3",
+    "imp_196",
 ];
 const IMAGES: [&str; 2] = ["shapes_square.png", "photo_wide.jpg"];
 const QUESTION: &str = "What is shown in this image?";

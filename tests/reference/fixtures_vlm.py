@@ -12,9 +12,11 @@ reference pipeline written from the MobileVLM and Imp repositories:
 | imp_v1        | Phi-2       | SigLIP | mlp2x_gelu  | vocabulary id (<image>)  | phi2 (= vicuna v1) |
 | imp_qwen      | Qwen2       | SigLIP | mlp2x_gelu  | vocabulary id            | Imp's qwen2 |
 | imp_phi3      | Phi-3       | SigLIP | mlp2x_gelu  | vocabulary id, "pad"     | Imp's phi3 |
+| imp_196       | Phi-2       | SigLIP at 28 px (14×14) | mlp2x_gelu | vocabulary id | phi2 |
 
 Towers use real grid sizes with tiny patches: CLIP 96 px / patch 4 → 24×24 (576 patches, as
-CLIP-L/336), SigLIP 54 px / patch 2 → 27×27 (729, as so400m/384).
+CLIP-L/336), SigLIP 54 px / patch 2 → 27×27 (729, as so400m/384); imp_196's 28 px → 14×14
+(196, as Imp-v1.5-3B-196's so400m/196).
 """
 
 import json
@@ -539,15 +541,17 @@ def mobilevlm(root, name, projector_type, images_dir, spm_dir):
     print(f"{name}: {len(ids)} ids → {embeds.shape[0]} positions, margin {margin:.4f}/{margin2:.4f}")
 
 
-def imp(root, name, lm_kind, images_dir, spm_dir, tok_dir):
+def imp(root, name, lm_kind, images_dir, spm_dir, tok_dir, image_size=54, seed=None):
+    """`image_size` 28 (14×14 = 196 tokens, patch 2) is Imp-v1.5-3B-196's resolution
+    reduction: the same model on a tower retrained at 196 px (196 tokens instead of 729)."""
     from transformers import Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config, \
         Qwen2ForCausalLM
-    torch.manual_seed(SEED + {"phi2": 10, "qwen2": 11, "phi3": 12}[lm_kind])
+    torch.manual_seed(seed if seed is not None else SEED + {"phi2": 10, "qwen2": 11, "phi3": 12}[lm_kind])
     out = os.path.join(root, name)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
 
-    vcfg, tower = siglip_tower()
+    vcfg, tower = siglip_tower(image_size=image_size)
     vocab = 1024
     if lm_kind == "phi2":
         tok = bpe_tokenizer(tok_dir, ["<image>", "</s>"])
@@ -602,13 +606,14 @@ def imp(root, name, lm_kind, images_dir, spm_dir, tok_dir):
     vd.pop("transformers_version", None)
     cfg = llm_config_dict(lcfg, model_type, arch, {
         "mm_hidden_size": 48, "mm_projector_type": "mlp2x_gelu", "mm_vision_select_feature": "patch",
-        "mm_vision_select_layer": -2, "mm_vision_tower": "google/siglip-so400m-patch14-384",
+        "mm_vision_select_layer": -2,
+        "mm_vision_tower": "google/siglip-so400m-patch14-384" if image_size == 54 else "siglip-so400m-patch14-196",
         "vision_tower_config": vd, "image_aspect_ratio": aspect, "image_token": "<image>",
         "image_token_index": image_token, "tokenizer_model_max_length": 1024, "dtype": "float16"})
     write_json(os.path.join(out, "config.json"), cfg)
     tok.save_pretrained(out)
 
-    proc = imp_processor(54)
+    proc = imp_processor(image_size)
     ref, meta = {}, {"family": name, "seed": SEED}
     pix = {}
     for i, img in enumerate(IMAGES):
@@ -708,3 +713,4 @@ def write(root, tok_dir):
     imp(root, "imp_v1", "phi2", images_dir, spm_dir, tok_dir)
     imp(root, "imp_qwen", "qwen2", images_dir, spm_dir, tok_dir)
     imp(root, "imp_phi3", "phi3", images_dir, spm_dir, tok_dir)
+    imp(root, "imp_196", "phi2", images_dir, spm_dir, tok_dir, image_size=28, seed=SEED + 13)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+import fixtures_bluelm
 import fixtures_gguf
 import fixtures_images
 import fixtures_pytorch
@@ -324,6 +325,7 @@ def main():
         llama_fixtures(args.out, tok)
         trained_llama_fixture(args.out, tok)
         fixtures_vlm.write(args.out, os.path.join(work, "smollm2_tok_small"))
+        fixtures_bluelm.write(args.out, os.path.join(work, "smollm2_tok_small"))
     fixtures_pytorch.write(args.out)
     fixtures_gguf.write(args.out)
     fixtures_smollm2.write(args.out, gguf_path)

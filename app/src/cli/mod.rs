@@ -66,6 +66,9 @@ pub struct ModelArgs {
     /// The same for the vision tower and projector.
     #[arg(long, value_parser = parse_dtype)]
     vision_quant: Option<DType>,
+    /// Prompt positions per prefill call (default 128); Cancel waits for at most one.
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -86,6 +89,7 @@ impl ModelArgs {
             quant: self.quant,
             vision_quant: self.vision_quant,
             mmproj: self.mmproj.clone(),
+            prefill_chunk: self.prefill_chunk,
             ..Default::default()
         }
     }

@@ -395,6 +395,10 @@ impl PocketApp {
                     thumb,
                 } => {
                     self.images.insert_thumbnail(&stored, thumb);
+                    // Encode while the user types: the engine starts on the image now.
+                    if let Some(dir) = self.store.as_ref().map(Store::images_dir) {
+                        self.engine.prepare_image(&dir.join(&stored));
+                    }
                     self.composer.imported(attachment, stored);
                 }
                 Done::ImportFailed {

@@ -1,19 +1,22 @@
 //! The latency dashboard: where the last turn's time went (image preprocessing, vision
-//! tower, projector, prefill, first token, decode), memory (weights, KV cache, the
-//! process), a live tokens-per-second plot while an answer is written, a plot across
-//! turns, and a table of recent turns that copies as CSV.
+//! tower, projector, prefill, first token, decode), each recent turn's timeline as a small
+//! Gantt chart (what overlapped with what, and what ran before the request), memory
+//! (weights, KV cache, the process), a live tokens-per-second plot while an answer is
+//! written, a plot across turns, and a table of recent turns that copies as CSV.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use egui_plot::{Legend, Line, Plot, Points};
-use pocketvlm_engine::metrics::process_memory_bytes;
+use pocketvlm_engine::metrics::{Span, Stage, process_memory_bytes};
 use pocketvlm_engine::{StopReason, TurnMetrics};
 
 use super::format;
 
 /// Turns kept for the table and the history plot.
 pub const HISTORY: usize = 50;
+/// Recent turns drawn as timelines.
+const TIMELINES: usize = 5;
 
 #[derive(Clone, Debug)]
 pub struct TurnRecord {
@@ -156,6 +159,17 @@ impl Dashboard {
                 ui.weak("Send a message to see where the time goes.");
             }
             Some(r) => breakdown(ui, &r),
+        }
+        if self.history.iter().any(|r| !r.metrics.timeline.is_empty()) {
+            ui.add_space(6.0);
+            ui.heading("Timelines");
+            ui.weak("0 is when the message was sent; the white tick is the first token.");
+            for r in self.history.iter().rev().take(TIMELINES) {
+                ui.horizontal(|ui| {
+                    ui.label(format!("#{}", r.turn)).on_hover_text(&r.model);
+                    timeline(ui, r);
+                });
+            }
         }
         ui.add_space(6.0);
         ui.heading("Memory");
@@ -305,37 +319,128 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A stage's colour, the same in the breakdown and on the timelines.
+fn stage_color(stage: Stage) -> egui::Color32 {
+    match stage {
+        Stage::Tokenize => egui::Color32::from_rgb(130, 130, 130),
+        Stage::ImagePreprocess => egui::Color32::from_rgb(230, 160, 60),
+        Stage::VisionEncode => egui::Color32::from_rgb(220, 100, 80),
+        Stage::Projector => egui::Color32::from_rgb(200, 80, 160),
+        Stage::Prefill => egui::Color32::from_rgb(90, 140, 230),
+        Stage::Decode => egui::Color32::from_rgb(80, 190, 120),
+    }
+}
+
+/// One bar of a timeline: a span on its stage's lane, at fractions of the shown range.
+#[derive(Clone, Debug, PartialEq)]
+struct Bar {
+    lane: usize,
+    from: f32,
+    to: f32,
+    span: usize,
+}
+
+/// Lays a turn's spans out for a Gantt chart: one lane per stage (in pipeline order), the
+/// range from the earliest start (work done ahead of the request starts before 0) or the
+/// request to the latest end. Returns the range in ms and the bars.
+fn gantt(spans: &[Span]) -> Option<((f64, f64), Vec<Bar>)> {
+    let t0 = spans.iter().map(|s| s.start_ms).fold(0.0, f64::min);
+    let t1 = spans.iter().map(|s| s.end_ms).fold(f64::MIN, f64::max);
+    if spans.is_empty() || t1 <= t0 {
+        return None;
+    }
+    let at = |ms: f64| ((ms - t0) / (t1 - t0)) as f32;
+    let bars = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Bar {
+            lane: Stage::ALL.iter().position(|&st| st == s.stage).unwrap_or(0),
+            from: at(s.start_ms),
+            to: at(s.end_ms.max(s.start_ms)),
+            span: i,
+        })
+        .collect();
+    Some(((t0, t1), bars))
+}
+
+/// A turn's timeline: a lane per stage, a line at the request (0 ms), a tick at the first
+/// token; hovering a bar tells what it was and how long it took.
+fn timeline(ui: &mut egui::Ui, r: &TurnRecord) {
+    let m = &r.metrics;
+    let Some(((t0, t1), bars)) = gantt(&m.timeline) else {
+        ui.weak("—");
+        return;
+    };
+    const LANE: f32 = 4.0;
+    let height = LANE * Stage::ALL.len() as f32 + 2.0;
+    let (rect, response) = ui.allocate_exact_size(
+        egui::vec2(ui.available_width(), height),
+        egui::Sense::hover(),
+    );
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
+    let x = |f: f32| rect.left() + f * rect.width();
+    let frac = |ms: f64| ((ms - t0) / (t1 - t0)) as f32;
+    let mut hovered = None;
+    for b in &bars {
+        let top = rect.top() + 1.0 + b.lane as f32 * LANE;
+        let (x0, x1) = (x(b.from), x(b.to).max(x(b.from) + 1.0));
+        let bar = egui::Rect::from_min_max(egui::pos2(x0, top), egui::pos2(x1, top + LANE - 1.0));
+        painter.rect_filled(bar, 0.0, stage_color(m.timeline[b.span].stage));
+        if let Some(p) = response.hover_pos()
+            && p.x >= x0 - 1.0
+            && p.x <= x1 + 1.0
+            && p.y >= top
+            && p.y < top + LANE
+        {
+            hovered = Some(b.span);
+        }
+    }
+    let request = x(frac(0.0));
+    painter.vline(
+        request,
+        rect.y_range(),
+        (1.0, ui.visuals().weak_text_color()),
+    );
+    if m.ttft_ms > 0.0 {
+        let tick = x(frac(m.ttft_ms));
+        painter.vline(
+            tick,
+            rect.y_range(),
+            egui::Stroke::new(1.5, egui::Color32::WHITE),
+        );
+    }
+    let text = match hovered.map(|i| &m.timeline[i]) {
+        Some(s) => format!(
+            "{}: {} ({} from {:+.0} ms)",
+            s.stage.name(),
+            s.label,
+            format::ms(s.ms()),
+            s.start_ms
+        ),
+        None => format!(
+            "{} ms span; first token at {}; {} of {} prompt positions reused",
+            (t1 - t0).round(),
+            format::ms(m.ttft_ms),
+            m.reused_tokens,
+            m.prompt_tokens
+        ),
+    };
+    response.on_hover_text(text);
+}
+
 /// The stages of a turn as a bar and a table.
 fn breakdown(ui: &mut egui::Ui, r: &TurnRecord) {
     let m = &r.metrics;
     let stages = [
-        (
-            "Tokenize",
-            m.tokenize_ms,
-            egui::Color32::from_rgb(130, 130, 130),
-        ),
-        (
-            "Image preprocess",
-            m.image_preprocess_ms,
-            egui::Color32::from_rgb(230, 160, 60),
-        ),
-        (
-            "Vision encode",
-            m.vision_encode_ms,
-            egui::Color32::from_rgb(220, 100, 80),
-        ),
-        (
-            "Projector",
-            m.projector_ms,
-            egui::Color32::from_rgb(200, 80, 160),
-        ),
-        (
-            "Prefill",
-            m.prefill_ms,
-            egui::Color32::from_rgb(90, 140, 230),
-        ),
-        ("Decode", m.decode_ms, egui::Color32::from_rgb(80, 190, 120)),
-    ];
+        (Stage::Tokenize, m.tokenize_ms),
+        (Stage::ImagePreprocess, m.image_preprocess_ms),
+        (Stage::VisionEncode, m.vision_encode_ms),
+        (Stage::Projector, m.projector_ms),
+        (Stage::Prefill, m.prefill_ms),
+        (Stage::Decode, m.decode_ms),
+    ]
+    .map(|(st, ms)| (st.name(), ms, stage_color(st)));
     let total: f64 = stages.iter().map(|s| s.1).sum::<f64>().max(1e-9);
     let (rect, _) =
         ui.allocate_exact_size(egui::vec2(ui.available_width(), 14.0), egui::Sense::hover());
@@ -396,6 +501,14 @@ fn breakdown(ui: &mut egui::Ui, r: &TurnRecord) {
                 m.generated_tokens
             ));
             ui.end_row();
+            if m.reused_tokens > 0 {
+                ui.label("Reused");
+                ui.label(format!(
+                    "{} prompt positions kept from the last turn",
+                    m.reused_tokens
+                ));
+                ui.end_row();
+            }
         });
 }
 
@@ -422,6 +535,41 @@ mod tests {
             lines[0].split(',').count(),
             lines[1].split(',').count() - 1 // the quoted name holds a comma
         );
+    }
+
+    fn span(stage: Stage, start_ms: f64, end_ms: f64) -> Span {
+        Span {
+            stage,
+            start_ms,
+            end_ms,
+            label: String::new(),
+            tokens: 0,
+        }
+    }
+
+    #[test]
+    fn gantt_puts_work_before_the_request_left_of_zero_on_its_lane() {
+        // Vision encoded while typing (−300…−100 ms), then prefill and decode.
+        let spans = [
+            span(Stage::VisionEncode, -300.0, -100.0),
+            span(Stage::Prefill, 0.0, 100.0),
+            span(Stage::Prefill, 100.0, 200.0),
+            span(Stage::Decode, 200.0, 500.0),
+        ];
+        let ((t0, t1), bars) = gantt(&spans).unwrap();
+        assert_eq!((t0, t1), (-300.0, 500.0));
+        assert_eq!(bars[0].lane, 2);
+        assert_eq!((bars[0].from, bars[0].to), (0.0, 0.25));
+        assert_eq!((bars[1].lane, bars[1].from), (4, 0.375));
+        assert_eq!((bars[3].lane, bars[3].to), (5, 1.0));
+        // Overlapping work shares the x range on different lanes.
+        let spans = [
+            span(Stage::VisionEncode, 0.0, 100.0),
+            span(Stage::Prefill, 50.0, 100.0),
+        ];
+        let (_, bars) = gantt(&spans).unwrap();
+        assert!(bars[1].from < bars[0].to && bars[0].lane != bars[1].lane);
+        assert!(gantt(&[]).is_none());
     }
 
     #[test]

@@ -200,6 +200,21 @@ impl EngineLink {
         self.send(Command::Unload, Sent::Unload)
     }
 
+    /// Encode-while-typing: has the engine read, preprocess and start encoding an attached
+    /// image now, so the answer does not wait for the vision tower. Not a tracked command:
+    /// the engine answers with its own events, and a failure here is reported again by the
+    /// message that carries the image.
+    pub fn prepare_image(&mut self, path: &Path) {
+        if !self.alive || !matches!(&self.model, ModelState::Ready(i) if i.image_tokens.is_some()) {
+            return;
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            let _ = engine.send(Command::PrepareImage {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+
     pub fn generate(&mut self, request: GenerateRequest) -> Result<(), String> {
         self.send(Command::Generate(request), Sent::Generate)
     }
@@ -269,6 +284,9 @@ impl EngineLink {
                 self.model = ModelState::None;
                 out.push(Update::Unloaded);
             }
+            // Preparation is best effort: the message carrying the image reports any
+            // problem, and the turn's timeline shows what ran ahead of it.
+            Event::ImagePrepared { .. } | Event::ImagePrepareFailed { .. } => {}
             Event::Started { prompt_tokens } => out.push(Update::Started { prompt_tokens }),
             Event::Token { text, .. } => out.push(Update::Token { text, at }),
             Event::Finished {

@@ -57,10 +57,25 @@ fn turns(messages: &[Message]) -> Result<(Option<&str>, &[Message])> {
 
 /// Renders `messages` with one of the built-in formats (not [`PromptTemplate::Jinja`]).
 pub fn render(template: PromptTemplate, messages: &[Message]) -> Result<String> {
-    let (system, rest) = turns(messages)?;
-    let system = system.unwrap_or(DEFAULT_SYSTEM);
+    let (given_system, rest) = turns(messages)?;
+    let system = given_system.unwrap_or(DEFAULT_SYSTEM);
     let mut out = String::new();
     match template {
+        PromptTemplate::BlueLm => {
+            // BlueLM's published chat format; no default system prompt.
+            out.push_str(given_system.unwrap_or_default());
+            for (i, m) in rest.iter().enumerate() {
+                if i % 2 == 0 {
+                    out.push_str("[|Human|]:");
+                    out.push_str(&with_placeholders(m));
+                } else {
+                    out.push_str("[|AI|]:");
+                    out.push_str(&m.content);
+                    out.push_str("</s>");
+                }
+            }
+            out.push_str("[|AI|]:");
+        }
         PromptTemplate::VicunaV1 => {
             // SeparatorStyle.TWO with sep " " and sep2 "</s>".
             out.push_str(system);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::load::tokenizer::Tokenizer;
-use crate::metrics::{TurnMetrics, ms_since};
+use crate::metrics::{Span, Stage, TurnMetrics, ms_since, offset_ms};
 use crate::model::llm::PREFILL_CHUNK;
 use crate::model::{Logits, Model, Segment, split_segments};
 pub use sampler::{Sampler, SamplingParams};
@@ -27,6 +27,55 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub stop: StopReason,
     pub metrics: TurnMetrics,
+    /// Positions of the KV cache that now hold valid keys and values: the prompt positions
+    /// prefilled (all of them unless cancelled during prefill), then every generated token
+    /// that was fed back (all but a last one the loop stopped on).
+    pub kv_positions: usize,
+}
+
+/// How [`generate_with`] runs the prompt.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerateOptions {
+    /// Positions at the start of the prompt already in the KV cache (prefix reuse): they are
+    /// not run again. At most the prompt length minus one.
+    pub reuse: usize,
+    /// Positions per prefill call (BlueLM-V's "t128"); a cancel is honoured between calls.
+    pub prefill_chunk: usize,
+    /// When the turn started (the origin of the timeline and of the time to first token);
+    /// `None`: when `generate_with` is called.
+    pub clock: Option<Instant>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            reuse: 0,
+            prefill_chunk: PREFILL_CHUNK,
+            clock: None,
+        }
+    }
+}
+
+/// The segments of `prompt` from position `skip` on.
+pub fn skip_positions<'a>(prompt: &[Segment<'a>], skip: usize) -> Vec<Segment<'a>> {
+    let mut left = skip;
+    let mut out = Vec::new();
+    for seg in prompt {
+        let n = seg.len();
+        if left >= n {
+            left -= n;
+            continue;
+        }
+        out.push(match seg {
+            Segment::Tokens(t) => Segment::Tokens(&t[left..]),
+            Segment::Image { id, rows } => Segment::Image {
+                id: *id,
+                rows: rows.start + left..rows.end,
+            },
+        });
+        left = 0;
+    }
+    out
 }
 
 /// Runs `prompt` through the model from position 0 and samples up to `params.max_tokens`
@@ -40,10 +89,38 @@ pub fn generate(
     cancelled: &dyn Fn() -> bool,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
+    generate_with(
+        model,
+        prompt,
+        params,
+        stop_ids,
+        &GenerateOptions::default(),
+        cancelled,
+        on_token,
+    )
+}
+
+/// [`generate`] with prefix reuse, the prefill chunk size and the turn's clock. The metrics
+/// carry the timeline of the prefill chunks and the decode.
+pub fn generate_with(
+    model: &mut dyn Model,
+    prompt: &[Segment],
+    params: &SamplingParams,
+    stop_ids: &[u32],
+    opts: &GenerateOptions,
+    cancelled: &dyn Fn() -> bool,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
     params.validate().map_err(Error::InvalidArgument)?;
     let prompt_len: usize = prompt.iter().map(Segment::len).sum();
     if prompt_len == 0 {
         return Err(Error::InvalidArgument("the prompt is empty".into()));
+    }
+    if opts.reuse >= prompt_len {
+        return Err(Error::InvalidArgument(format!(
+            "cannot reuse {} positions of a {prompt_len}-position prompt (one must run)",
+            opts.reuse
+        )));
     }
     let context = model.context_len();
     if prompt_len >= context {
@@ -52,9 +129,10 @@ pub fn generate(
             context,
         });
     }
-    let start = Instant::now();
+    let start = opts.clock.unwrap_or_else(Instant::now);
     let mut metrics = TurnMetrics {
         prompt_tokens: prompt_len,
+        reused_tokens: opts.reuse,
         ..Default::default()
     };
     let mut sampler = Sampler::new(params.clone());
@@ -68,12 +146,13 @@ pub fn generate(
         .flatten()
         .collect();
     let mut out = Vec::new();
-    let finish = |tokens, stop, mut metrics: TurnMetrics| {
+    let finish = |tokens, stop, mut metrics: TurnMetrics, kv_positions| {
         metrics.total_ms = ms_since(start);
         Ok(Generation {
             tokens,
             stop,
             metrics,
+            kv_positions,
         })
     };
 
@@ -83,17 +162,40 @@ pub fn generate(
 
     // Prefill, chunk by chunk so that a cancel is honoured between chunks.
     let mut last = Step::Id(0);
-    let mut pos = 0;
-    for piece in split_segments(prompt, PREFILL_CHUNK) {
+    let mut pos = opts.reuse;
+    let suffix = skip_positions(prompt, opts.reuse);
+    let mut prefill_start = None;
+    for piece in split_segments(&suffix, opts.prefill_chunk.max(1)) {
         if cancelled() {
-            return finish(out, StopReason::Cancelled, metrics);
+            return finish(out, StopReason::Cancelled, metrics, pos);
         }
+        let t0 = Instant::now();
+        prefill_start.get_or_insert(t0);
         last = Step::run(model, &piece, pos, argmax_only)?;
-        pos += piece.iter().map(Segment::len).sum::<usize>();
+        let n = piece.iter().map(Segment::len).sum::<usize>();
+        pos += n;
+        metrics.prefill_tokens += n;
+        metrics.timeline.push(Span {
+            stage: Stage::Prefill,
+            start_ms: offset_ms(start, t0),
+            end_ms: ms_since(start),
+            label: format!("positions {}–{}", pos - n, pos - 1),
+            tokens: n,
+        });
     }
-    metrics.prefill_ms = ms_since(start);
+    metrics.prefill_ms = prefill_start.map_or(0.0, ms_since);
 
     let decode_start = Instant::now();
+    let decode_span = |metrics: &mut TurnMetrics, n: usize| {
+        metrics.decode_ms = ms_since(decode_start);
+        metrics.timeline.push(Span {
+            stage: Stage::Decode,
+            start_ms: offset_ms(start, decode_start),
+            end_ms: ms_since(start),
+            label: format!("{n} tokens"),
+            tokens: n,
+        });
+    };
     loop {
         let next = match &mut last {
             Step::Id(id) => *id,
@@ -103,8 +205,8 @@ pub fn generate(
             metrics.ttft_ms = ms_since(start);
         }
         if !params.ignore_eos && stop_ids.contains(&next) {
-            metrics.decode_ms = ms_since(decode_start);
-            return finish(out, StopReason::Eos, metrics);
+            decode_span(&mut metrics, out.len());
+            return finish(out, StopReason::Eos, metrics, pos);
         }
         out.push(next);
         all.push(next);
@@ -120,8 +222,8 @@ pub fn generate(
             None
         };
         if let Some(stop) = stop {
-            metrics.decode_ms = ms_since(decode_start);
-            return finish(out, stop, metrics);
+            decode_span(&mut metrics, out.len());
+            return finish(out, stop, metrics, pos);
         }
         last = Step::run(model, &[Segment::Tokens(&[next])], pos, argmax_only)?;
         pos += 1;

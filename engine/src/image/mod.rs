@@ -56,6 +56,7 @@ mod decode;
 mod jpeg;
 mod process;
 mod resize;
+pub mod tiles;
 
 pub use decode::{DecodeLimits, decode_image, decode_image_with_limits, load_image};
 pub use process::{
@@ -137,6 +138,52 @@ pub fn processor_for(spec: &crate::model::spec::ProcessorSpec) -> ImageProcessor
         rescale_factor: RESCALE_1_255,
         mean: spec.mean,
         std: spec.std,
+    }
+}
+
+/// An image preprocessed for a model: one CHW f32 buffer per vision pass (one for a
+/// fixed-resolution tower; the tiles and thumbnail for a tiled one), and the grid.
+#[derive(Clone, Debug)]
+pub struct PreparedPixels {
+    pub passes: Vec<Vec<f32>>,
+    /// The tile grid (1×1 for fixed-resolution towers).
+    pub grid: tiles::TileGrid,
+    pub thumbnail: bool,
+    /// The decoded image's size.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Preprocesses a decoded image for a model: the processor alone, or (with `tiling`) the
+/// processor over every tile of [`tiles::tile_image`].
+pub fn preprocess_passes(
+    img: &RgbImage,
+    spec: &crate::model::spec::ProcessorSpec,
+    tiling: Option<&tiles::TilingSpec>,
+) -> PreparedPixels {
+    let processor = processor_for(spec);
+    match tiling {
+        None => PreparedPixels {
+            passes: vec![processor.preprocess(img).data],
+            grid: tiles::TileGrid { cols: 1, rows: 1 },
+            thumbnail: false,
+            width: img.width,
+            height: img.height,
+        },
+        Some(t) => {
+            let tiled = tiles::tile_image(img, t);
+            PreparedPixels {
+                passes: tiled
+                    .images
+                    .iter()
+                    .map(|tile| processor.preprocess(tile).data)
+                    .collect(),
+                grid: tiled.grid,
+                thumbnail: tiled.thumbnail,
+                width: img.width,
+                height: img.height,
+            }
+        }
     }
 }
 

@@ -415,6 +415,8 @@ pub fn vision_spec(file: &GgufFile) -> Result<VisionSpec> {
             std: m.f64_triple("clip.vision.image_std", super::spec::CLIP_STD)?,
         },
         placeholder: ImagePlaceholder::Sentinel,
+        tiling: None,
+        vision_batch: 1,
         tower,
     })
 }

@@ -155,7 +155,9 @@ pub fn detect_arch(path: &Path, cfg: &ConfigReader) -> Result<LlmArch> {
         .and_then(|a| a.first())
         .and_then(|a| a.as_str());
     let arch = match (model_type, first_arch) {
-        (Some("llama" | "mobilevlm"), _) | (None, Some("LlamaForCausalLM")) => LlmArch::Llama,
+        (Some("llama" | "mobilevlm" | "bluelm_v"), _) | (None, Some("LlamaForCausalLM")) => {
+            LlmArch::Llama
+        }
         (Some("qwen2" | "imp_qwen2"), _) | (None, Some("Qwen2ForCausalLM")) => LlmArch::Qwen2,
         (Some("phi3" | "imp_phi3"), _) | (None, Some("Phi3ForCausalLM")) => LlmArch::Phi3,
         (Some("phi" | "imp"), _) | (None, Some("PhiForCausalLM")) => LlmArch::Phi2,

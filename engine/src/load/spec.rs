@@ -216,6 +216,9 @@ pub fn model_spec_from_json(dir: &Path, json: &Value) -> Result<ModelSpec> {
         .opt_str("mm_vision_tower")?
         .or(cfg.opt_str("vision_tower")?);
     let model_type = cfg.opt_str("model_type")?.unwrap_or_default();
+    if model_type == "bluelm_v" {
+        return bluelm_v_spec(&path, &cfg, llm);
+    }
 
     let Some(tower_name) = tower_name else {
         if matches!(model_type, "mobilevlm" | "imp" | "imp_qwen2" | "imp_phi3") {
@@ -362,10 +365,121 @@ pub fn model_spec_from_json(dir: &Path, json: &Value) -> Result<ModelSpec> {
             },
             processor,
             placeholder,
+            tiling: None,
+            vision_batch: 1,
         }),
         template,
     })
 }
+
+/// Default threshold of the relaxed aspect-ratio matching (the paper's value is not given
+/// in the text we could read; 0.1 is our choice, and every config may set its own).
+pub const DEFAULT_ALPHA: f64 = 0.1;
+
+/// The `bluelm_v` config (see ARCHITECTURE.md, "The bluelm-v checkpoint format").
+fn bluelm_v_spec(
+    path: &Path,
+    cfg: &ConfigReader,
+    llm: crate::model::config::LlmConfig,
+) -> Result<ModelSpec> {
+    let Some(vision) = cfg.get("vision_config") else {
+        return Err(Error::MissingConfigKey {
+            path: path.to_path_buf(),
+            key: "vision_config".into(),
+        });
+    };
+    let tower = parse_tower(path, vision, "siglip")?;
+    let select = cfg
+        .get("vision_feature_layer")
+        .map(|v| {
+            v.as_i64()
+                .ok_or_else(|| Error::bad_value(path, "vision_feature_layer", "not an integer"))
+        })
+        .transpose()?
+        .unwrap_or(-2);
+    let layers_to_run = if select < 0 {
+        tower.num_layers as i64 + 1 + select
+    } else {
+        select
+    };
+    if layers_to_run < 1 || layers_to_run > tower.num_layers as i64 {
+        return Err(Error::bad_value(
+            path,
+            "vision_feature_layer",
+            format!(
+                "{select} is outside the tower's {} layers",
+                tower.num_layers
+            ),
+        ));
+    }
+    let factor = cfg.opt_usize("downsample")?.unwrap_or(2);
+    if !(1..=8).contains(&factor) {
+        return Err(Error::bad_value(path, "downsample", "expected 1 to 8"));
+    }
+    match cfg.opt_str("projector_hidden_act")?.unwrap_or("gelu") {
+        "gelu" => {}
+        other => {
+            return Err(Error::bad_value(
+                path,
+                "projector_hidden_act",
+                format!("`{other}` is not supported (gelu)"),
+            ));
+        }
+    }
+    let dynamic = cfg.opt_bool("dynamic_resolution")?.unwrap_or(true);
+    let max_tiles = cfg.opt_usize("max_tiles")?.unwrap_or(9);
+    if !(1..=64).contains(&max_tiles) {
+        return Err(Error::bad_value(path, "max_tiles", "expected 1 to 64"));
+    }
+    let alpha = match cfg.get("alpha") {
+        None => DEFAULT_ALPHA,
+        Some(v) => v
+            .as_f64()
+            .filter(|a| (0.0..1.0).contains(a))
+            .ok_or_else(|| Error::bad_value(path, "alpha", "expected a number in [0, 1)"))?,
+    };
+    let thumbnail = cfg.opt_bool("use_thumbnail")?.unwrap_or(true);
+    let vision_batch = cfg.opt_usize("vision_batch")?.unwrap_or(4).clamp(1, 64);
+    let placeholder = match cfg.get("image_token_index").and_then(Value::as_i64) {
+        Some(id) if id >= 0 => ImagePlaceholder::VocabId(id as u32),
+        _ => ImagePlaceholder::Sentinel,
+    };
+    let processor = ProcessorSpec {
+        size: tower.image_size,
+        resize: Resize::Squash,
+        pad_fill: None,
+        mean: crate::image::SIGLIP_MEAN,
+        std: crate::image::SIGLIP_STD,
+    };
+    let tiling = dynamic.then_some(crate::image::tiles::TilingSpec {
+        tile: tower.image_size,
+        max_tiles,
+        alpha,
+        thumbnail,
+    });
+    Ok(ModelSpec {
+        family: Family::BlueLmV,
+        llm,
+        vision: Some(VisionSpec {
+            layers_to_run: layers_to_run as usize,
+            drop_cls: tower.kind == VisionKind::Clip,
+            projector: ProjectorKind::DownsampleMlp { factor },
+            weights: TowerWeights {
+                prefix: BLUELM_TOWER_PREFIX.into(),
+                dir: None,
+            },
+            tower,
+            processor,
+            placeholder,
+            tiling,
+            vision_batch,
+        }),
+        template: PromptTemplate::BlueLm,
+    })
+}
+
+/// Where a bluelm-v checkpoint keeps the tower's `vision_model` module.
+const BLUELM_TOWER_PREFIX: &str = "model.vision_tower.vision_model";
 
 fn cfg_mismatch(path: &Path, mm_hidden: usize, tower: usize) -> Error {
     Error::bad_value(

@@ -201,6 +201,10 @@ pub enum ProjectorKind {
     Ldp,
     /// MobileVLM V2's `ldpnetv2`: MLP, 2×2 average pool, PEG depthwise conv + residual.
     Ldpv2,
+    /// BlueLM-V's token downsampler then a 2-layer MLP: every `factor × factor`
+    /// neighbourhood of the (zero-padded) token grid concatenated along channels, then
+    /// Linear–GELU–Linear (see `model/downsample.rs`).
+    DownsampleMlp { factor: usize },
 }
 
 impl ProjectorKind {
@@ -212,6 +216,7 @@ impl ProjectorKind {
             ProjectorKind::Ldp => side.div_ceil(2) * side.div_ceil(2),
             // AdaptiveAvgPool2d((12, 12)) as the MobileVLM code hard-codes it.
             ProjectorKind::Ldpv2 => 144,
+            ProjectorKind::DownsampleMlp { factor } => side.div_ceil(factor).pow(2),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   implements [`Model`], the backend-erased interface the generation loop drives.
 
 pub mod config;
+pub mod downsample;
 pub mod llm;
 pub mod projector;
 pub mod spec;
@@ -107,6 +108,20 @@ pub trait Model: Send {
     fn last_encode_times(&self) -> Option<crate::metrics::EncodeTimes> {
         None
     }
+    /// Registers an image given as its vision passes (normalised CHW pixels: one for a
+    /// fixed-resolution tower; the tiles then the thumbnail for a tiled one) and starts
+    /// encoding it: on the vision thread when there is one (this returns at once), else
+    /// batch by batch when [`Model::forward`] first needs its rows. Its embedding rows are
+    /// the passes' projector rows in order.
+    fn begin_image(&mut self, passes: Vec<Vec<f32>>) -> Result<ImageId>;
+    /// Waits until every pass of the image is encoded (encoding them here if need be).
+    fn wait_image(&mut self, id: ImageId) -> Result<()>;
+    /// Embedding rows of an image (`None` if unknown).
+    fn image_rows(&self, id: ImageId) -> Option<usize>;
+    /// Time spent on an image so far, and whether it is fully encoded.
+    fn image_times(&mut self, id: ImageId) -> Option<(crate::metrics::EncodeTimes, bool)>;
+    /// The encode batches finished since the last call (for the turn timeline).
+    fn take_encode_spans(&mut self) -> Vec<vlm::EncodeSpan>;
     /// The vision tower's selected-layer features for CHW pixels, `[tokens × width]`.
     fn vision_features(&mut self, pixels: &[f32]) -> Result<Vec<f32>>;
     /// The projected embedding rows of an encoded image, `[image_tokens × hidden]`.
@@ -190,6 +205,11 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         } else {
             self.pp(prefix)
         }
+    }
+
+    /// The format matrices are converted to at load (`None`: as stored).
+    pub fn quant(&self) -> Option<DType> {
+        self.quant
     }
 
     pub fn name(&self, name: &str) -> String {

@@ -14,6 +14,7 @@
 
 use super::WeightLoader;
 use super::config::ProjectorKind;
+use super::downsample::DownsampleMlp;
 use super::llm::Linear;
 use crate::backend::{Activation, Backend, Grid};
 use crate::error::{Error, Result};
@@ -127,6 +128,8 @@ pub enum Projector<B: Backend> {
         peg_weight: B::Weight,
         peg_bias: B::Weight,
     },
+    /// BlueLM-V: token downsampler + MLP (`model/downsample.rs`).
+    DownsampleMlp(DownsampleMlp<B>),
 }
 
 impl<B: Backend> Projector<B> {
@@ -161,7 +164,64 @@ impl<B: Backend> Projector<B> {
                 peg_weight: w.get_f32("peg.peg.0.weight", &[o, 1, 3, 3], &[o, 9])?,
                 peg_bias: w.get("peg.peg.0.bias", &[o])?,
             },
+            ProjectorKind::DownsampleMlp { factor } => {
+                Projector::DownsampleMlp(DownsampleMlp::load(w, factor, i, o, w.quant())?)
+            }
         })
+    }
+
+    /// Projects `tiles` stacked `side × side` grids (`tiles × side²` rows): token-wise
+    /// projectors take them in one pass, grid-wise ones (LDP, LDPv2) one grid at a time.
+    pub fn forward_tiles(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        side: usize,
+        tiles: usize,
+        out_dim: usize,
+    ) -> Result<B::Tensor> {
+        let n = side * side;
+        if be.rows(x) != tiles * n {
+            return Err(Error::InvalidArgument(format!(
+                "projector expects {tiles} grids of {side}×{side}, got {} tokens",
+                be.rows(x)
+            )));
+        }
+        match self {
+            Projector::DownsampleMlp(d) => d.forward(be, x, side, tiles, out_dim),
+            // Token-wise: a stack of grids is just more rows.
+            Projector::Linear(l) => {
+                let mut out = be.tensor(be.rows(x), out_dim);
+                l.forward(be, x, &mut out);
+                Ok(out)
+            }
+            Projector::Mlp { fc1, fc2 } => Ok(Self::mlp(be, fc1, fc2, x, out_dim)),
+            _ if tiles == 1 => self.forward(be, x, side, out_dim),
+            _ => {
+                let mut grid = be.tensor(n, be.cols(x));
+                let mut parts = Vec::with_capacity(tiles);
+                for t in 0..tiles {
+                    be.copy_rows(x, t * n, n, &mut grid, 0);
+                    parts.push(self.forward(be, &grid, side, out_dim)?);
+                }
+                let per = be.rows(&parts[0]);
+                let mut out = be.tensor(tiles * per, out_dim);
+                for (t, p) in parts.iter().enumerate() {
+                    be.copy_rows(p, 0, per, &mut out, t * per);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    pub fn weight_bytes(&self, be: &B) -> usize {
+        let lin = |l: &Linear<B>| l.bytes(be);
+        match self {
+            Projector::Linear(l) => lin(l),
+            Projector::Mlp { fc1, fc2 } | Projector::Ldp { fc1, fc2, .. } => lin(fc1) + lin(fc2),
+            Projector::Ldpv2 { fc1, fc2, .. } => lin(fc1) + lin(fc2),
+            Projector::DownsampleMlp(d) => d.weight_bytes(be),
+        }
     }
 
     fn mlp(be: &B, fc1: &Linear<B>, fc2: &Linear<B>, x: &B::Tensor, out_dim: usize) -> B::Tensor {
@@ -222,6 +282,7 @@ impl<B: Backend> Projector<B> {
                 be.add(&mut out, &pooled);
                 out
             }
+            Projector::DownsampleMlp(d) => d.forward(be, x, side, 1, out_dim)?,
         })
     }
 }

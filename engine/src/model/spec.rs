@@ -21,6 +21,9 @@ pub enum Family {
     ImpQwen2,
     /// Imp-v1.5-4B-Phi3.
     ImpPhi3,
+    /// BlueLM-V-3B's architecture: SigLIP, dynamic-resolution tiles, token downsampler,
+    /// 2-layer MLP, LLaMA-style language model (`model_type: "bluelm_v"`).
+    BlueLmV,
 }
 
 impl Family {
@@ -32,6 +35,7 @@ impl Family {
             Family::ImpPhi2 => "imp-phi2",
             Family::ImpQwen2 => "imp-qwen2",
             Family::ImpPhi3 => "imp-phi3",
+            Family::BlueLmV => "bluelm-v",
         }
     }
 }
@@ -58,6 +62,8 @@ pub enum PromptTemplate {
     ImpQwen2,
     /// Imp's `conv_phi3`.
     ImpPhi3,
+    /// BlueLM's chat format: `[|Human|]:…[|AI|]:…</s>[|Human|]:…[|AI|]:`.
+    BlueLm,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,10 +107,14 @@ pub struct VisionSpec {
     pub weights: TowerWeights,
     pub processor: ProcessorSpec,
     pub placeholder: ImagePlaceholder,
+    /// Dynamic resolution (bluelm-v): images become tiles at the tower's size.
+    pub tiling: Option<crate::image::tiles::TilingSpec>,
+    /// Vision passes (tiles) run through the tower together.
+    pub vision_batch: usize,
 }
 
 impl VisionSpec {
-    /// Language-model positions one image occupies.
+    /// Language-model positions one vision pass (an image, or one tile of it) occupies.
     pub fn image_tokens(&self) -> usize {
         self.projector.output_tokens(self.tower.grid_side())
     }

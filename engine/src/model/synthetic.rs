@@ -121,6 +121,9 @@ fn vision(tower: VisionConfig, projector: ProjectorKind) -> VisionSpec {
         (crate::image::SIGLIP_MEAN, crate::image::SIGLIP_STD)
     };
     VisionSpec {
+        // One image, one pass: the synthetic families do not tile.
+        tiling: None,
+        vision_batch: 1,
         // mm_vision_select_layer = -2 in both families.
         layers_to_run: tower.num_layers - 1,
         drop_cls: true,
@@ -437,7 +440,8 @@ impl SyntheticSource {
                     add(format!("{m}.weight"), vec![h, vh], Kind::VisionMatrix);
                     add(format!("{m}.bias"), vec![h], Kind::Zeros);
                 }
-                ProjectorKind::Ldp => {}
+                // No synthetic model uses them (see `NAMES`).
+                ProjectorKind::Ldp | ProjectorKind::DownsampleMlp { .. } => {}
             }
         }
         SyntheticSource {

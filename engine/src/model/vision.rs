@@ -146,42 +146,66 @@ impl<B: Backend> VisionTower<B> {
     /// Runs the tower on CHW pixels (`3 × image_size²` values, already normalised) and
     /// returns the selected layer's hidden states.
     pub fn forward(&self, pixels: &[f32]) -> Result<B::Tensor> {
+        self.forward_batch(&[pixels])
+    }
+
+    /// Runs the tower on a batch of images (tiles) at once and returns their selected
+    /// layer's hidden states stacked, [`Self::output_tokens`] rows per image. The matmuls
+    /// see every image's rows together (one weight pass for the batch); attention stays
+    /// within each image.
+    pub fn forward_batch(&self, images: &[&[f32]]) -> Result<B::Tensor> {
         let cfg = &self.cfg;
         let side = cfg.image_size;
-        if pixels.len() != 3 * side * side {
-            return Err(Error::InvalidArgument(format!(
-                "the vision tower takes 3×{side}×{side} pixels, got {} values",
-                pixels.len()
-            )));
+        let b = images.len();
+        if b == 0 {
+            return Err(Error::InvalidArgument("no images to encode".into()));
+        }
+        for pixels in images {
+            if pixels.len() != 3 * side * side {
+                return Err(Error::InvalidArgument(format!(
+                    "the vision tower takes 3×{side}×{side} pixels, got {} values",
+                    pixels.len()
+                )));
+            }
         }
         let be = &self.be;
         let h = cfg.hidden_size;
         let n_patch = cfg.num_patches();
         let n = cfg.num_positions();
         let inter = cfg.intermediate_size;
+        let rows = b * n;
 
-        let mut patches = be.tensor(n_patch, 3 * cfg.patch_size * cfg.patch_size);
-        be.write(&mut patches, &self.patches(pixels));
-        let mut embedded = be.tensor(n_patch, h);
+        let mut patches = be.tensor(b * n_patch, 3 * cfg.patch_size * cfg.patch_size);
+        let mut flat = Vec::with_capacity(b * n_patch * 3 * cfg.patch_size * cfg.patch_size);
+        for pixels in images {
+            flat.extend(self.patches(pixels));
+        }
+        be.write(&mut patches, &flat);
+        let mut embedded = be.tensor(b * n_patch, h);
         be.matmul(
             &patches,
             &self.patch_weight,
             self.patch_bias.as_ref(),
             &mut embedded,
         );
-        let mut x = be.tensor(n, h);
-        let first_patch = match &self.class_embedding {
-            Some(cls) => {
-                be.copy_rows(cls, 0, 1, &mut x, 0);
-                1
-            }
-            None => 0,
-        };
-        be.copy_rows(&embedded, 0, n_patch, &mut x, first_patch);
-        be.add(&mut x, &self.position_embedding);
-        let mut normed = be.tensor(n, h);
-        if let Some((w, b)) = &self.pre_norm {
-            be.layer_norm(&x, w, b, cfg.norm_eps, &mut normed);
+        let mut x = be.tensor(rows, h);
+        let mut pos = be.tensor(rows, h);
+        for t in 0..b {
+            let first_patch = match &self.class_embedding {
+                Some(cls) => {
+                    be.copy_rows(cls, 0, 1, &mut x, t * n);
+                    1
+                }
+                None => 0,
+            };
+            be.copy_rows(&embedded, t * n_patch, n_patch, &mut x, t * n + first_patch);
+            be.copy_rows(&self.position_embedding, 0, n, &mut pos, t * n);
+        }
+        be.add(&mut x, &pos);
+        drop(pos);
+        let mut normed = be.tensor(rows, h);
+        if let Some((w, bias)) = &self.pre_norm {
+            be.layer_norm(&x, w, bias, cfg.norm_eps, &mut normed);
             std::mem::swap(&mut x, &mut normed);
         }
 
@@ -193,15 +217,35 @@ impl<B: Backend> VisionTower<B> {
             causal: false,
             window: None,
         };
-        let (mut q, mut k, mut v) = (be.tensor(n, h), be.tensor(n, h), be.tensor(n, h));
-        let (mut attn, mut proj) = (be.tensor(n, h), be.tensor(n, h));
-        let mut hidden = be.tensor(n, inter);
+        let (mut q, mut k, mut v) = (be.tensor(rows, h), be.tensor(rows, h), be.tensor(rows, h));
+        let (mut attn, mut proj) = (be.tensor(rows, h), be.tensor(rows, h));
+        let mut hidden = be.tensor(rows, inter);
+        // Per-image views for attention when the batch holds several images.
+        let mut one = (b > 1).then(|| {
+            (
+                be.tensor(n, h),
+                be.tensor(n, h),
+                be.tensor(n, h),
+                be.tensor(n, h),
+            )
+        });
         for l in &self.layers {
             be.layer_norm(&x, &l.ln1.0, &l.ln1.1, cfg.norm_eps, &mut normed);
             l.q.forward(be, &normed, &mut q);
             l.k.forward(be, &normed, &mut k);
             l.v.forward(be, &normed, &mut v);
-            be.attention(&q, &k, &v, shape, 0, &mut attn);
+            match &mut one {
+                None => be.attention(&q, &k, &v, shape, 0, &mut attn),
+                Some((qi, ki, vi, oi)) => {
+                    for t in 0..b {
+                        be.copy_rows(&q, t * n, n, qi, 0);
+                        be.copy_rows(&k, t * n, n, ki, 0);
+                        be.copy_rows(&v, t * n, n, vi, 0);
+                        be.attention(qi, ki, vi, shape, 0, oi);
+                        be.copy_rows(oi, 0, n, &mut attn, t * n);
+                    }
+                }
+            }
             l.out.forward(be, &attn, &mut proj);
             be.add(&mut x, &proj);
 
@@ -212,8 +256,10 @@ impl<B: Backend> VisionTower<B> {
             be.add(&mut x, &proj);
         }
         if self.drop_cls {
-            let mut out = be.tensor(n - 1, h);
-            be.copy_rows(&x, 1, n - 1, &mut out, 0);
+            let mut out = be.tensor(b * (n - 1), h);
+            for t in 0..b {
+                be.copy_rows(&x, t * n + 1, n - 1, &mut out, t * (n - 1));
+            }
             return Ok(out);
         }
         Ok(x)

@@ -427,6 +427,34 @@ impl Session {
         Self::finish_load(loaded, &ckpt, opts, start, progress, cancelled)
     }
 
+    /// A synthetic model (random weights with a real model's shapes, see
+    /// [`crate::model::synthetic`]) with its placeholder tokenizer, for benchmarks: its
+    /// language model stored as `opts.quant` (default Q4_0), its vision tower and projector
+    /// as `opts.vision_quant` (default F16).
+    pub fn load_synthetic(name: &str, opts: &LoadOptions) -> Result<Self> {
+        use crate::model::synthetic;
+        let start = Instant::now();
+        let spec = synthetic::spec(name)?;
+        let llm = opts.quant.unwrap_or(DType::Q4_0);
+        let vision = opts.vision_quant.unwrap_or(DType::F16);
+        let src = synthetic::SyntheticSource::new(&spec, llm, vision);
+        let path = PathBuf::from(format!("synthetic:{name}"));
+        let loaded = Loaded {
+            path: &path,
+            spec,
+            tokenizer: synthetic::tokenizer(name)?,
+            dtypes: BTreeMap::from([(llm.to_string(), 1), (vision.to_string(), 1)]),
+            default_sampling: SamplingParams::default(),
+        };
+        // The source already holds the chosen formats.
+        let opts = LoadOptions {
+            quant: None,
+            vision_quant: None,
+            ..opts.clone()
+        };
+        Self::finish_load(loaded, &src, &opts, start, &mut |_, _| {}, &|| false)
+    }
+
     /// An LLM GGUF file, plus the mmproj file of `opts` for a vision model.
     fn load_gguf(
         path: &Path,

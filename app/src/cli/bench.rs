@@ -15,6 +15,7 @@ use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{BackendKind, LoadOptions, Session};
 
 use super::parse_dtype;
+use super::scenario::{self, Scenario};
 use super::run::human_bytes;
 
 #[derive(Args, Debug)]
@@ -57,6 +58,14 @@ pub struct BenchArgs {
     /// Skip the memory-bandwidth measurement (roofline_ratio is then 0).
     #[arg(long)]
     no_bandwidth: bool,
+    /// Run a latency scenario through the chat API instead: `pre-encode` (TTFT with the
+    /// image encoded while typing vs sent with the prompt), `follow-up` (second-turn TTFT
+    /// with and without prefix reuse) or `all`; prints each turn's stage timeline.
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// Positions per prefill chunk (default 128).
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
     /// With --synthetic: write the language model as a llama GGUF to this file and exit
     /// (to run the same shapes in llama.cpp).
     #[arg(long, requires = "synthetic")]
@@ -72,6 +81,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let n = synthetic::write_llama_gguf(name, dtype, out)?;
         eprintln!("wrote {} ({}) to {}", name, human_bytes(n), out.display());
         return Ok(());
+    }
+    if let Some(which) = args.scenario {
+        let opts = LoadOptions {
+            backend: args.backend,
+            threads: args.threads,
+            quant: args.quant,
+            vision_quant: args.vision_quant,
+            mmproj: args.mmproj.clone(),
+            prefill_chunk: args.prefill_chunk,
+            ..Default::default()
+        };
+        let mut session = match (&args.synthetic, &args.model) {
+            (Some(name), _) => Session::load_synthetic(name, &opts)?,
+            (None, Some(path)) => Session::load(path, &opts)?,
+            (None, None) => bail!("give --model PATH or --synthetic NAME"),
+        };
+        return scenario::run(&mut session, which, args.gen_tokens, args.json);
     }
     let cfg_for = |pixels| BenchConfig {
         prompt_tokens: args.prompt_tokens,

@@ -7,6 +7,7 @@ mod info;
 mod logits;
 mod quantize;
 mod run;
+mod scenario;
 
 use std::path::PathBuf;
 

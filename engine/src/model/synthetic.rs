@@ -607,6 +607,44 @@ impl TensorSource for SyntheticSource {
 /// (llama.cpp's tensor names, Q/K rows permuted to the interleaved RoPE order its converter
 /// uses, a SentencePiece-style vocabulary of placeholder pieces), for running the same
 /// shapes in llama.cpp. Returns the bytes written.
+/// Writes the synthetic models' tokenizer into GGUF metadata: a SentencePiece vocabulary of
+/// `<unk>`, `<s>`, `</s>`, the 256 byte pieces and numbered placeholders (text tokenises to
+/// its bytes, as many tokens as a real vocabulary would give a little more).
+fn write_vocab(w: &mut crate::load::gguf::Writer, vocab_size: usize) {
+    use crate::load::gguf::Value;
+    let s = |v: &str| Value::String(v.to_string());
+    let mut tokens = vec![s("<unk>"), s("<s>"), s("</s>")];
+    let mut types = vec![Value::I32(2), Value::I32(3), Value::I32(3)];
+    for b in 0..256 {
+        tokens.push(s(&format!("<0x{b:02X}>")));
+        types.push(Value::I32(6));
+    }
+    while tokens.len() < vocab_size {
+        tokens.push(s(&format!("\u{2581}t{}", tokens.len())));
+        types.push(Value::I32(1));
+    }
+    let scores = (0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect();
+    w.metadata("tokenizer.ggml.model", s("llama"));
+    w.metadata("tokenizer.ggml.tokens", Value::Array(tokens));
+    w.metadata("tokenizer.ggml.scores", Value::Array(scores));
+    w.metadata("tokenizer.ggml.token_type", Value::Array(types));
+    w.metadata("tokenizer.ggml.bos_token_id", Value::U32(1));
+    w.metadata("tokenizer.ggml.eos_token_id", Value::U32(2));
+    w.metadata("tokenizer.ggml.unknown_token_id", Value::U32(0));
+}
+
+/// The tokenizer of the synthetic model `name` (see [`write_vocab`]).
+pub fn tokenizer(name: &str) -> Result<crate::load::tokenizer::Tokenizer> {
+    let spec = spec(name)?;
+    let mut w = crate::load::gguf::Writer::default();
+    write_vocab(&mut w, spec.llm.vocab_size);
+    let file = crate::load::gguf::GgufFile::from_bytes(
+        Path::new("<synthetic tokenizer>"),
+        &w.to_bytes(),
+    )?;
+    crate::load::gguf_tokenizer::tokenizer(&file)
+}
+
 pub fn write_llama_gguf(name: &str, dtype: DType, path: &Path) -> Result<usize> {
     use crate::load::gguf::{GgmlType, Value, Writer};
     let spec = spec(name)?;
@@ -647,25 +685,7 @@ pub fn write_llama_gguf(name: &str, dtype: DType, path: &Path) -> Result<usize> 
         Value::F32(c.norm_eps),
     );
     w.metadata("llama.vocab_size", Value::U32(c.vocab_size as u32));
-    // A SentencePiece vocabulary: <unk>, <s>, </s>, the 256 byte pieces, placeholders.
-    let mut tokens = vec![s("<unk>"), s("<s>"), s("</s>")];
-    let mut types = vec![Value::I32(2), Value::I32(3), Value::I32(3)];
-    for b in 0..256 {
-        tokens.push(s(&format!("<0x{b:02X}>")));
-        types.push(Value::I32(6));
-    }
-    while tokens.len() < c.vocab_size {
-        tokens.push(s(&format!("\u{2581}t{}", tokens.len())));
-        types.push(Value::I32(1));
-    }
-    let scores = (0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect();
-    w.metadata("tokenizer.ggml.model", s("llama"));
-    w.metadata("tokenizer.ggml.tokens", Value::Array(tokens));
-    w.metadata("tokenizer.ggml.scores", Value::Array(scores));
-    w.metadata("tokenizer.ggml.token_type", Value::Array(types));
-    w.metadata("tokenizer.ggml.bos_token_id", Value::U32(1));
-    w.metadata("tokenizer.ggml.eos_token_id", Value::U32(2));
-    w.metadata("tokenizer.ggml.unknown_token_id", Value::U32(0));
+    write_vocab(&mut w, c.vocab_size);
 
     let hd = c.head_dim;
     let mut put = |gguf: &str, hf: &str, permute_heads: Option<usize>| -> Result<()> {

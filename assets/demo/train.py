@@ -243,16 +243,18 @@ def preprocess(img):
 
 def render_for_training(scene, rng):
     """Most scenes at the model's size; some larger or non-square, as a user's picture
-    would arrive, going through the same padding and resizing as at inference."""
+    would arrive, going through the same padding and resizing as at inference. Also
+    returns whether the 3×3 layout fills the model's square input (not padded)."""
     r = rng.random()
     if r < 0.6:
-        return render(scene)
+        return render(scene), True
     if r < 0.85:
-        return render(scene, rng.choice([256, 288, 384]))
+        return render(scene, rng.choice([256, 288, 384])), True
     # Non-square: the layout stretches with the canvas; pad to a square like MobileVLM.
     side = rng.choice([192, 256, 320])
     other = int(side * rng.uniform(0.65, 0.9))
-    return render(scene, side, other) if rng.random() < 0.5 else render(scene, other, side)
+    img = render(scene, side, other) if rng.random() < 0.5 else render(scene, other, side)
+    return img, False
 
 
 # ----------------------------------------------------------------------------------------
@@ -741,11 +743,41 @@ class MobileVLM(nn.Module):
             x = layer(x, cos, sin, None if caches is None else caches[i])
         return self.model.norm(x)
 
-    def embed_batch(self, prefix_ids, pixels, ids):
+    def embed_batch(self, prefix_ids, pixels, ids, image_rows=None):
         """[prefix text][image rows][text after the image] for a batch (same prefix)."""
         b = pixels.shape[0]
         pre = self.model.embed_tokens(prefix_ids)[None].expand(b, -1, -1)
-        return torch.cat([pre, self.image_embeds(pixels), self.model.embed_tokens(ids)], 1)
+        rows = self.image_embeds(pixels) if image_rows is None else image_rows
+        return torch.cat([pre, rows, self.model.embed_tokens(ids)], 1)
+
+
+class CellProbe(nn.Module):
+    """Training-only auxiliary heads (not exported): the projector's image rows, averaged
+    over each cell of the 3×3 layout (a 4×4 block of the 12×12 grid), must tell the colour
+    and kind of the shape in that cell. This direct signal grounds the vision tower far
+    sooner than the answers alone do."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.colour = nn.Linear(width, len(COLOURS) + 1)  # last class: no shape
+        self.kind = nn.Linear(width, len(KINDS) + 1)
+
+    def forward(self, rows):
+        b, n, d = rows.shape
+        g = int(math.sqrt(n))
+        cells = rows.view(b, 3, g // 3, 3, g // 3, d).mean((2, 4)).reshape(b, 9, d)
+        return self.colour(cells), self.kind(cells)
+
+
+def cell_targets(scene):
+    """Per cell of the 3×3 layout: (colour index, kind index), "none" as the last class."""
+    colour = [len(COLOURS)] * 9
+    kind = [len(KINDS)] * 9
+    names = list(COLOURS)
+    for sh in scene["shapes"]:
+        colour[sh["cell"]] = names.index(sh["colour"])
+        kind[sh["cell"]] = KINDS.index(sh["kind"])
+    return colour, kind
 
 
 def model_configs(args):
@@ -771,7 +803,7 @@ def model_configs(args):
 # Data.
 
 def make_batch(tok, rng, batch, turns_range, max_shapes, max_len=220):
-    pixels, seqs, types = [], [], []
+    pixels, seqs, types, cells = [], [], [], []
     for _ in range(batch):
         scene = sample_scene(rng, max_shapes=max_shapes)
         qas = questions(scene, rng)
@@ -782,7 +814,11 @@ def make_batch(tok, rng, batch, turns_range, max_shapes, max_len=220):
             if len(ids) <= max_len or n == 1:
                 break
             n -= 1
-        pixels.append(preprocess(render_for_training(scene, rng)))
+        img, square = render_for_training(scene, rng)
+        pixels.append(preprocess(img))
+        colour, kind = cell_targets(scene)
+        ignore = [-100] * 9
+        cells.append((colour if square else ignore, kind if square else ignore))
         seqs.append((ids[:max_len], labels[:max_len]))
         types.append([t[0] for t in turns])
     t = max(len(s[0]) for s in seqs)
@@ -791,11 +827,20 @@ def make_batch(tok, rng, batch, turns_range, max_shapes, max_len=220):
     for i, (a, b) in enumerate(seqs):
         ids[i, :len(a)] = torch.tensor(a)
         labels[i, :len(b)] = torch.tensor(b)
-    return torch.stack(pixels), ids, labels, types
+    cell_colour = torch.tensor([c for c, _ in cells], dtype=torch.long)
+    cell_kind = torch.tensor([k for _, k in cells], dtype=torch.long)
+    return torch.stack(pixels), ids, labels, types, (cell_colour, cell_kind)
 
 
-def loss_and_logits(model, prefix_ids, pixels, ids, labels):
-    x = model.embed_batch(prefix_ids, pixels, ids)
+def probe_loss(probe, rows, cells):
+    """The auxiliary per-cell colour and kind losses (see CellProbe)."""
+    colour, kind = probe(rows)
+    return (F.cross_entropy(colour.flatten(0, 1), cells[0].flatten(), ignore_index=-100)
+            + F.cross_entropy(kind.flatten(0, 1), cells[1].flatten(), ignore_index=-100))
+
+
+def loss_and_logits(model, prefix_ids, pixels, ids, labels, image_rows=None):
+    x = model.embed_batch(prefix_ids, pixels, ids, image_rows)
     h = model.decoder(x)
     n_before = prefix_ids.shape[0] + IMAGE_TOKENS
     # Position p predicts token p+1: the hidden state before each text token.
@@ -1017,7 +1062,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=here, help="where the checkpoint goes (default: this folder)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=450)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--width", type=int, default=256)
@@ -1027,7 +1072,9 @@ def main():
     ap.add_argument("--vit-layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--probe-weight", type=float, default=0.5,
+                    help="weight of the training-only per-cell colour/kind loss")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop training early after this long (the schedule is not shortened)")
     ap.add_argument("--eval-set", metavar="DIR", help="write the held-out evaluation set and exit")
@@ -1059,8 +1106,10 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    probe = CellProbe(cfg["hidden_size"])
+    params = list(model.named_parameters()) + [("probe." + n, p) for n, p in probe.named_parameters()]
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -1081,18 +1130,22 @@ def main():
         # Curriculum: one or two shapes first, then the full scenes.
         frac = step / args.steps
         max_shapes = 2 if frac < 0.1 else 3 if frac < 0.2 else 4
-        pixels, ids, labels, _ = make_batch(tok, rng, args.batch, (4, 8), max_shapes)
+        pixels, ids, labels, _, cells = make_batch(tok, rng, args.batch, (3, 6), max_shapes)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss, _, _ = loss_and_logits(model, prefix_ids, pixels, ids, labels)
+        rows = model.image_embeds(pixels)
+        answer_loss, _, _ = loss_and_logits(model, prefix_ids, pixels, ids, labels, rows)
+        aux = probe_loss(probe, rows, cells)
+        loss = answer_loss + args.probe_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 25 == 0 or step == args.steps - 1:
             el = time.time() - t_train
-            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  lr {lr_at(step):.2e}  "
+            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  probe {aux.item():.3f}  "
+                  f"lr {lr_at(step):.2e}  "
                   f"{el / 60:5.1f} min", flush=True)
             log["steps"].append({"step": step, "loss": round(loss.item(), 5), "minutes": round(el / 60, 2)})
         if (step + 1) % args.eval_every == 0 or step == args.steps - 1:

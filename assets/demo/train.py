@@ -1073,6 +1073,10 @@ def main():
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--init", metavar="DIR",
+                    help="start from this checkpoint's weights (a continuation run) instead of random")
+    ap.add_argument("--turns", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
+                    help="question/answer turns per training scene")
     ap.add_argument("--probe-weight", type=float, default=0.5,
                     help="weight of the training-only per-cell colour/kind loss")
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -1103,6 +1107,11 @@ def main():
     print(f"tokenizer: {cfg['vocab_size']} tokens; prompt prefix {len(prefix_ids)} tokens", flush=True)
 
     model = MobileVLM(cfg, vcfg)
+    if args.init:
+        from safetensors.torch import load_file
+        state = load_file(os.path.join(args.init, "model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        print(f"starting from {args.init}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
 
@@ -1129,8 +1138,8 @@ def main():
     for step in range(args.steps):
         # Curriculum: one or two shapes first, then the full scenes.
         frac = step / args.steps
-        max_shapes = 2 if frac < 0.1 else 3 if frac < 0.2 else 4
-        pixels, ids, labels, _, cells = make_batch(tok, rng, args.batch, (3, 6), max_shapes)
+        max_shapes = 4 if args.init else 2 if frac < 0.1 else 3 if frac < 0.2 else 4
+        pixels, ids, labels, _, cells = make_batch(tok, rng, args.batch, tuple(args.turns), max_shapes)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         rows = model.image_embeds(pixels)
@@ -1164,6 +1173,7 @@ def main():
     model.eval()
     total_min = (time.time() - t_start) / 60
     meta = {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+            "init": args.init and os.path.basename(os.path.normpath(args.init)), "turns": list(args.turns),
             "threads": args.threads, "parameters": n_params, "train_minutes": round(train_min, 1),
             "total_minutes": round(total_min, 1), "torch": torch.__version__, **log}
     export(model, tok, cfg, vcfg, args.out, meta)

@@ -1,6 +1,7 @@
 //! End-to-end tests: the engine against the transformers oracle fixtures.
 
 mod bad_inputs;
+mod demo;
 mod engine_thread;
 mod gguf;
 mod gpu;

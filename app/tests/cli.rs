@@ -249,3 +249,28 @@ fn vision_commands_follow_the_contract() {
         tokenizer.decode(&expected, true).unwrap().trim_end()
     );
 }
+
+/// The README's quick start: the bundled demo model answers about a bundled sample image,
+/// in the sentence form it was trained on (its accuracy is `tests/e2e/demo.rs`'s business).
+#[test]
+fn run_answers_with_the_demo_model_about_a_sample_image() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("assets").join("demo");
+    let image = root.join("assets").join("samples").join("shapes.png");
+    let out = pocketvlm(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "What colour is the circle?",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = text(&out.stdout);
+    assert!(
+        answer.trim().starts_with("The circle is ") && answer.trim().ends_with('.'),
+        "{answer:?}"
+    );
+    assert!(text(&out.stderr).contains("stop: end of sequence"));
+}

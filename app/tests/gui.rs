@@ -27,6 +27,7 @@ fn config(data_dir: &Path) -> AppConfig {
             path: fixture(""),
             kind: RootKind::ModelsFolder,
         }],
+        load_demo: false,
     }
 }
 
@@ -675,6 +676,7 @@ fn snapshot_of_a_conversation() {
         config: AppConfig {
             data_dir: tmp.path().to_path_buf(),
             scan_roots: vec![],
+            load_demo: false,
         },
         app: None,
     };
@@ -718,6 +720,7 @@ fn snapshot_of_the_drop_overlay() {
         config: AppConfig {
             data_dir: tmp.path().to_path_buf(),
             scan_roots: vec![],
+            load_demo: false,
         },
         app: None,
     };
@@ -786,4 +789,55 @@ fn a_panic_in_the_engine_is_shown_and_the_model_can_be_reloaded() {
     assert_eq!(messages(&h).len(), 2);
     assert!(messages(&h)[1].stop.is_some(), "answered");
     assert_eq!(app(&h).conversations.len(), 2);
+}
+
+/// The embedded default: with no model chosen before, the app starts with the demo model
+/// loading; a sample scene is one click away and the demo answers about it.
+#[test]
+fn the_demo_model_loads_at_start_and_answers_about_a_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = TestApp {
+        config: AppConfig {
+            load_demo: true,
+            ..config(tmp.path())
+        },
+        app: None,
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(
+            |ui, s: &mut TestApp| {
+                let cfg = s.config.clone();
+                s.app
+                    .get_or_insert_with(|| PocketApp::new(ui.ctx(), cfg))
+                    .ui(ui)
+            },
+            state,
+        );
+    run_until(&mut h, "the demo model to load", |a| {
+        matches!(a.engine.model, ModelState::Ready(_))
+    });
+    let demo = tmp.path().join("models").join("pocketvlm-demo");
+    assert!(demo.join("model.safetensors").is_file());
+
+    h.get_by_label("🖼 shapes.png").click();
+    h.step();
+    run_until(&mut h, "the sample import", |a| {
+        a.composer.attachments.len() == 1 && a.composer.attachments[0].stored.is_some()
+    });
+    assert_eq!(app(&h).composer.text, "Describe the image.");
+    h.get_by_label("Send").click();
+    h.step();
+    wait_for_answer(&mut h);
+    let m = messages(&h);
+    assert_eq!(m.len(), 2, "{m:?}");
+    // A description in the trained form (its accuracy is tests/e2e/demo.rs's business).
+    assert!(
+        m[1].text.trim_start().starts_with("There "),
+        "{:?}",
+        m[1].text
+    );
+
+    // The demo counts as a recent model; only another model stops it loading at start.
+    assert_eq!(app(&h).settings.recent_models[0].path, demo);
 }

@@ -3,6 +3,7 @@
 mod bad_inputs;
 mod bluelm;
 mod cpu_kernels;
+mod demo;
 mod engine_thread;
 mod gguf;
 mod gpu;

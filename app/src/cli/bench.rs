@@ -15,8 +15,8 @@ use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{BackendKind, LoadOptions, Session};
 
 use super::parse_dtype;
-use super::scenario::{self, Scenario};
 use super::run::human_bytes;
+use super::scenario::{self, Scenario};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {

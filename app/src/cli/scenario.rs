@@ -80,13 +80,23 @@ fn run_in(
         // Each turn a new conversation; reuse off so that neither keeps the other's prompt.
         session.set_prefix_reuse(false);
         let cold = vec![Message::user(question).with_image(image(1)?)];
-        turns.push(turn(session, "cold (image sent with the prompt)", &cold, &params)?);
+        turns.push(turn(
+            session,
+            "cold (image sent with the prompt)",
+            &cold,
+            &params,
+        )?);
         let typed = image(2)?;
         // The user attaches the image, then types for longer than the encoding takes.
         let prepared = session.prepare_image(&typed)?;
         session.wait_image(&prepared.hash)?;
         let warm = vec![Message::user(question).with_image(typed)];
-        turns.push(turn(session, "pre-encoded (attached while typing)", &warm, &params)?);
+        turns.push(turn(
+            session,
+            "pre-encoded (attached while typing)",
+            &warm,
+            &params,
+        )?);
         session.set_prefix_reuse(true);
     }
     if matches!(scenario, Scenario::FollowUp | Scenario::All) {

@@ -11,6 +11,7 @@ use super::AppConfig;
 use super::chat_view::{ChatContext, ChatView, Pending};
 use super::composer::Composer;
 use super::conversation::{ChatMessage, Conversation, GenerationSettings, new_id};
+use super::demo;
 use super::engine_link::{EngineLink, ModelState, Update};
 use super::format::now_unix;
 use super::images::{Done, Images, Source};
@@ -137,7 +138,7 @@ impl PocketApp {
             .filter(|id| conversations.iter().any(|c| &c.id == id))
             .or_else(|| conversations.first().map(|c| c.id.clone()));
         let inspector = Inspector::new(settings.inspector_tab);
-        PocketApp {
+        let mut app = PocketApp {
             config,
             store,
             settings,
@@ -154,6 +155,26 @@ impl PocketApp {
             images: Images::new(ctx, images_dir),
             notices,
             drop_hover: false,
+        };
+        if app.config.load_demo {
+            app.load_demo_unless_chosen(ctx);
+        }
+        app
+    }
+
+    /// The embedded default: loads the bundled demo model unless the user has loaded
+    /// another model before (then the model window lists it among the recent ones).
+    fn load_demo_unless_chosen(&mut self, ctx: &egui::Context) {
+        let demo = demo::demo_dir(&self.config.data_dir);
+        if self.settings.recent_models.iter().any(|r| r.path != demo) {
+            return;
+        }
+        match demo::install(&self.config.data_dir) {
+            Ok(path) => self.act(ctx, Action::LoadModel { path, mmproj: None }),
+            Err(e) => self.notices.error(format!(
+                "Could not set up the demo model in {}: {e}",
+                demo.display()
+            )),
         }
     }
 
@@ -228,11 +249,14 @@ impl PocketApp {
             .show(ui, |ui| {
                 let can_send =
                     matches!(self.engine.model, ModelState::Ready(_)) && !self.engine.is_busy();
+                // The sample scenes are offered while the chat on screen is empty.
+                let offer_samples = self.current().is_none_or(|c| c.messages.is_empty());
                 self.composer.ui(
                     ui,
                     &mut self.images,
                     self.engine.is_generating(),
                     can_send,
+                    offer_samples,
                     &mut actions,
                 );
             });

@@ -2,10 +2,12 @@
 //! attach / send / stop. Enter sends, Shift+Enter starts a new line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
 use super::app::Action;
+use super::demo;
 use super::images::{Images, Source, THUMB_SIDE, Texture};
 
 pub const COMPOSER_ID: &str = "composer-text";
@@ -85,10 +87,14 @@ impl Composer {
         images: &mut Images,
         generating: bool,
         can_send: bool,
+        offer_samples: bool,
         actions: &mut Vec<Action>,
     ) {
         if !self.attachments.is_empty() {
             self.attachments_ui(ui, images);
+            ui.add_space(4.0);
+        } else if offer_samples {
+            self.samples_ui(ui, images);
             ui.add_space(4.0);
         }
         let id = egui::Id::unique(COMPOSER_ID);
@@ -136,6 +142,32 @@ impl Composer {
                     .on_hover_text("Send (Enter)");
                 if send.clicked() || (enter && can_send && has_content) {
                     actions.push(Action::Send);
+                }
+            }
+        });
+    }
+
+    /// One button per bundled sample scene: attaches it and suggests a question.
+    fn samples_ui(&mut self, ui: &mut egui::Ui, images: &Images) {
+        ui.horizontal_wrapped(|ui| {
+            ui.weak("Try a sample image:");
+            for sample in &demo::SAMPLES {
+                if ui
+                    .small_button(format!("🖼 {}", sample.name))
+                    .on_hover_text(format!(
+                        "Attach {} and ask: {}",
+                        sample.name, sample.question
+                    ))
+                    .clicked()
+                {
+                    let source = Source::Bytes {
+                        name: sample.name.to_string(),
+                        bytes: Arc::new(sample.png.to_vec()),
+                    };
+                    self.attach(images, source);
+                    if self.text.trim().is_empty() {
+                        self.text = sample.question.to_string();
+                    }
                 }
             }
         });

@@ -20,6 +20,7 @@ mod chat_view;
 mod composer;
 pub mod conversation;
 mod dashboard;
+pub mod demo;
 pub mod engine_link;
 pub mod format;
 pub mod images;
@@ -43,6 +44,8 @@ pub struct AppConfig {
     pub data_dir: PathBuf,
     /// Folders scanned for models.
     pub scan_roots: Vec<scan::ScanRoot>,
+    /// Load the bundled demo model at start-up when the user has not chosen another model.
+    pub load_demo: bool,
 }
 
 impl AppConfig {
@@ -52,6 +55,7 @@ impl AppConfig {
         AppConfig {
             data_dir,
             scan_roots,
+            load_demo: true,
         }
     }
 

@@ -638,10 +638,8 @@ pub fn tokenizer(name: &str) -> Result<crate::load::tokenizer::Tokenizer> {
     let spec = spec(name)?;
     let mut w = crate::load::gguf::Writer::default();
     write_vocab(&mut w, spec.llm.vocab_size);
-    let file = crate::load::gguf::GgufFile::from_bytes(
-        Path::new("<synthetic tokenizer>"),
-        &w.to_bytes(),
-    )?;
+    let file =
+        crate::load::gguf::GgufFile::from_bytes(Path::new("<synthetic tokenizer>"), &w.to_bytes())?;
     crate::load::gguf_tokenizer::tokenizer(&file)
 }
 

@@ -144,3 +144,30 @@ fn garbage_config_json() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn old_phi_msft_layout_is_refused_with_advice() {
+    let dir = scratch_copy("imp_v1");
+    // The layout of early Imp revisions: phi-msft's `n_embd` naming (and a fused Wqkv).
+    edit_config(dir.path(), |v| v["n_embd"] = v["hidden_size"].clone());
+    let e = load(dir.path());
+    assert!(
+        matches!(&e, Error::UnsupportedArchitecture { arch, .. } if arch.contains("phi-msft")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("newer revision"), "{e}");
+}
+
+#[test]
+fn unsupported_projector_is_refused() {
+    let dir = scratch_copy("mobilevlm_v2");
+    edit_config(dir.path(), |v| v["mm_projector_type"] = "qformer".into());
+    match load(dir.path()) {
+        Error::BadConfigValue { path, key, reason } => {
+            assert!(path.ends_with("config.json"));
+            assert_eq!(key, "mm_projector_type");
+            assert!(reason.contains("`qformer` is not supported"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -104,7 +104,11 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
         .iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
+        // A NaN anywhere is an infinite difference (`f32::max` would drop it).
+        .fold(
+            0.0,
+            |m: f32, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
     let scale = b.iter().map(|y| y.abs()).fold(0.0, f32::max);
     (diff, scale)
 }

@@ -3,14 +3,12 @@
 //! weights with a real model's shapes, built in memory).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use pocketvlm_engine::backend::cpu::CpuBackend;
 use pocketvlm_engine::bench::{self, BenchConfig, BenchReport};
-use pocketvlm_engine::model::synthetic::{self, SyntheticSource};
-use pocketvlm_engine::model::vlm::{QuantPolicy, Vlm};
+use pocketvlm_engine::model::synthetic;
 use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{BackendKind, LoadOptions, Session};
 
@@ -73,9 +71,6 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.backend == BackendKind::Gpu {
-        bail!("the GPU backend is not available in this build; use --backend cpu");
-    }
     if let (Some(name), Some(out)) = (&args.synthetic, &args.write_gguf) {
         let dtype = args.quant.unwrap_or(DType::Q4_0);
         let n = synthetic::write_llama_gguf(name, dtype, out)?;
@@ -105,58 +100,42 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         pixels,
         measure_bandwidth: !args.no_bandwidth,
     };
-    let report = if let Some(name) = &args.synthetic {
+    let mut opts = LoadOptions {
+        backend: args.backend,
+        threads: args.threads,
+        context_len: Some(args.prompt_tokens + args.gen_tokens + 1024),
+        quant: args.quant,
+        vision_quant: args.vision_quant,
+        mmproj: args.mmproj.clone(),
+        ..Default::default()
+    };
+    let (mut session, label) = if let Some(name) = &args.synthetic {
         let spec = synthetic::spec(name)?;
-        let t = Instant::now();
-        let be = CpuBackend::new(args.threads)?;
-        let src = SyntheticSource::new(
-            &spec,
-            args.quant.unwrap_or(DType::Q4_0),
-            args.vision_quant.unwrap_or(DType::F16),
-        );
-        let ctx = image_rows(&spec) + args.prompt_tokens + args.gen_tokens + 32;
-        let mut model = Vlm::load(be.clone(), &spec, &src, QuantPolicy::default(), ctx)?;
-        let load_ms = t.elapsed().as_secs_f64() * 1e3;
-        let pixels = match (&args.image, &spec.vision) {
-            (Some(path), Some(v)) => Some(
-                pocketvlm_engine::image::preprocess_file(path, &v.processor)
-                    .with_context(|| format!("preprocessing {}", path.display()))?,
-            ),
-            (Some(_), None) => bail!("{name} has no vision tower"),
-            _ => None,
-        };
+        opts.context_len = Some(image_rows(&spec) + args.prompt_tokens + args.gen_tokens + 32);
         let label = format!("synthetic {name} ({})", args.quant.unwrap_or(DType::Q4_0));
-        bench::run(&mut model, &spec, &label, load_ms, &cfg_for(pixels), &be)?
+        (Session::load_synthetic(name, &opts)?, label)
     } else {
         let Some(path) = &args.model else {
             bail!("give --model PATH or --synthetic NAME")
         };
-        let opts = LoadOptions {
-            backend: args.backend,
-            threads: args.threads,
-            context_len: Some(args.prompt_tokens + args.gen_tokens + 1024),
-            quant: args.quant,
-            vision_quant: args.vision_quant,
-            mmproj: args.mmproj.clone(),
-            ..Default::default()
-        };
-        let mut session = Session::load(path, &opts)?;
-        let pixels = match &args.image {
-            Some(p) => Some(session.image_pixels(p)?),
-            None => None,
-        };
-        let spec = session.spec().clone();
-        let load_ms = session.info().load_ms;
-        let be = CpuBackend::new(args.threads)?;
-        bench::run(
-            session.model_mut(),
-            &spec,
-            &path.display().to_string(),
-            load_ms,
-            &cfg_for(pixels),
-            &be,
-        )?
+        (Session::load(path, &opts)?, path.display().to_string())
     };
+    let pixels = match &args.image {
+        Some(p) => Some(
+            session
+                .image_pixels(p)
+                .with_context(|| format!("preprocessing {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let spec = session.spec().clone();
+    let load_ms = session.info().load_ms;
+    // The bandwidth probe streams host memory: it is the roofline of the CPU backend only.
+    let on_cpu = session.info().adapter.is_none();
+    let mut cfg = cfg_for(pixels);
+    cfg.measure_bandwidth &= on_cpu;
+    let be = CpuBackend::new(args.threads)?;
+    let report = bench::run(session.model_mut(), &spec, &label, load_ms, &cfg, &be)?;
     print(&report, args.json)
 }
 
@@ -169,10 +148,7 @@ fn print(r: &BenchReport, json: bool) -> anyhow::Result<()> {
         println!("{}", r.to_json());
         return Ok(());
     }
-    println!(
-        "model:      {} on {} ({} threads, {})",
-        r.model, r.backend, r.threads, r.isa
-    );
+    println!("model:      {} on {}", r.model, r.backend);
     println!("load:       {:.0} ms", r.load_ms);
     if r.vision_ms > 0.0 {
         println!(

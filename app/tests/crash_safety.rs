@@ -42,6 +42,7 @@ fn child_chats_until_killed() {
     let config = AppConfig {
         data_dir: PathBuf::from(dir),
         scan_roots: vec![],
+        load_demo: false,
     };
     let mut app = PocketApp::new(&ctx, config);
     app.act(

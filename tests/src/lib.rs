@@ -113,12 +113,23 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     (diff, scale)
 }
 
-/// Copies a fixture directory to a temporary one that a test may damage.
+/// Copies a fixture directory (with its subdirectories, e.g. a vision tower's) to a
+/// temporary one that a test may damage.
 pub fn scratch_copy(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    copy_tree(&fixture(name), dir.path());
     dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir(&dest).unwrap();
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
 }

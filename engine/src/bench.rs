@@ -35,6 +35,8 @@ pub struct BenchConfig {
 pub struct BenchReport {
     pub model: String,
     pub backend: String,
+    /// The GPU adapter's name when the model runs on the GPU backend.
+    pub adapter: Option<String>,
     pub threads: usize,
     pub isa: String,
     pub load_ms: f64,
@@ -209,6 +211,10 @@ pub fn run(
     let mut r = BenchReport {
         model: name.to_string(),
         backend: model.backend_name(),
+        adapter: model
+            .backend_name()
+            .strip_prefix("gpu: ")
+            .map(str::to_string),
         threads: bw_backend.threads(),
         isa: bw_backend.isa().name().to_string(),
         load_ms,

@@ -640,3 +640,18 @@ fn progressive_jpegs_count_their_coefficient_buffer() {
         }
     }
 }
+
+/// Found by fuzzing (fuzz/corpus/image/regression-plte-not-rgb-triples.png): a palette
+/// PNG whose PLTE chunk is 49 bytes, which made the `png` crate panic. It is refused as
+/// corrupt by our own check, before the decoder (not by the panic safety net).
+#[test]
+fn a_palette_that_is_not_rgb_triples_is_refused() {
+    let path = image_path("fuzz_plte_not_rgb_triples.png");
+    match load_image(&path) {
+        Err(Error::Image { kind, reason, .. }) => {
+            assert_eq!(kind, ImageErrorKind::Corrupt);
+            assert!(reason.contains("palette has 49 bytes"), "{reason}");
+        }
+        other => panic!("{:?}", other.map(|i| (i.width, i.height))),
+    }
+}

@@ -102,6 +102,7 @@ fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<Rg
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return decode_jpeg(bytes, source, limits);
     }
+    check_png_palette(bytes, source)?;
     let fail = |e: ImageError| convert_error(e, source);
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -138,6 +139,36 @@ fn decode_inner(bytes: &[u8], source: &Path, limits: &DecodeLimits) -> Result<Rg
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let decoded = DynamicImage::from_decoder(decoder).map_err(fail)?;
     Ok(oriented(to_rgb8(decoded), orientation))
+}
+
+/// A PNG whose palette (`PLTE`) is not whole RGB triples (1 to 256 of them) is invalid:
+/// refused here, before the `png` crate, which panics expanding such a palette (found by
+/// fuzzing; png 0.18). Chunks are walked up to the first `IDAT`; a malformed chunk list is
+/// left to the decoder's own errors.
+fn check_png_palette(bytes: &[u8], source: &Path) -> Result<()> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let Some(mut rest) = bytes.strip_prefix(SIGNATURE) else {
+        return Ok(());
+    };
+    while rest.len() >= 8 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = &rest[4..8];
+        if kind == b"IDAT" {
+            break;
+        }
+        if kind == b"PLTE" && (len == 0 || len % 3 != 0 || len > 256 * 3) {
+            return Err(Error::image(
+                source,
+                ImageErrorKind::Corrupt,
+                format!("the PNG palette has {len} bytes, not 1 to 256 RGB entries"),
+            ));
+        }
+        let Some(next) = rest.get(12usize.saturating_add(len)..) else {
+            break;
+        };
+        rest = next;
+    }
+    Ok(())
 }
 
 /// JPEG: the header is read first, so the size is checked before anything image-sized is

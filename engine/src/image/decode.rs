@@ -156,7 +156,7 @@ fn check_png_palette(bytes: &[u8], source: &Path) -> Result<()> {
         if kind == b"IDAT" {
             break;
         }
-        if kind == b"PLTE" && (len == 0 || len % 3 != 0 || len > 256 * 3) {
+        if kind == b"PLTE" && (len == 0 || !len.is_multiple_of(3) || len > 256 * 3) {
             return Err(Error::image(
                 source,
                 ImageErrorKind::Corrupt,

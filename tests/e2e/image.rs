@@ -641,7 +641,7 @@ fn progressive_jpegs_count_their_coefficient_buffer() {
     }
 }
 
-/// Found by fuzzing (fuzz/corpus/image/regression-plte-not-rgb-triples.png): a palette
+/// Found by fuzzing (fuzz/corpus/image/seed-regression-plte.png): a palette
 /// PNG whose PLTE chunk is 49 bytes, which made the `png` crate panic. It is refused as
 /// corrupt by our own check, before the decoder (not by the panic safety net).
 #[test]

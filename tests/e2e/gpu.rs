@@ -186,9 +186,18 @@ fn segments<'a>(
 /// Vision features, projector rows, logits with the images spliced in and the greedy
 /// continuation of one fixture prompt (`prefix` "" or "multi."), GPU against CPU.
 fn check_vision_family(name: &str, quant: Option<DType>, check_greedy: bool) {
+    check_vision_family_on(&GpuOptions::default(), name, quant, check_greedy);
+}
+
+fn check_vision_family_on(
+    gpu_opts: &GpuOptions,
+    name: &str,
+    quant: Option<DType>,
+    check_greedy: bool,
+) {
     let reference = Reference::open(&fixture(name));
     let (mut c, spec) = load(cpu(), name, quant);
-    let (mut g, _) = load(gpu(), name, quant);
+    let (mut g, _) = load(GpuBackend::new(gpu_opts).unwrap(), name, quant);
     let tag = quant.map_or(String::new(), |q| format!(" {q}"));
     for prefix in ["", "multi."] {
         if !reference.has(&format!("{prefix}input_ids")) {
@@ -236,6 +245,18 @@ fn vision_families_match_the_cpu_path() {
     }
     for name in VISION {
         check_vision_family(name, None, true);
+    }
+}
+
+/// The portable path (no subgroups, no f16) on a device opened with wgpu's
+/// `downlevel_defaults()` limits: every vision family still matches the CPU.
+#[test]
+fn vision_families_run_under_downlevel_limits() {
+    if !gpu_available() {
+        return;
+    }
+    for name in VISION {
+        check_vision_family_on(&GpuOptions::plain(), name, None, true);
     }
 }
 

@@ -40,6 +40,10 @@ pub struct GpuOptions {
     /// binding limit when `None`. Tests lower it to exercise weights split over several
     /// buffers.
     pub max_weight_part_bytes: Option<u64>,
+    /// Open the device with wgpu's `downlevel_defaults()` limits (128 MiB storage bindings,
+    /// 4 storage buffers per stage, 256 invocations, 16 KiB workgroup memory) instead of
+    /// the adapter's own: proves the plain path runs on the weakest devices we target.
+    pub downlevel_limits: bool,
 }
 
 impl Default for GpuOptions {
@@ -48,17 +52,19 @@ impl Default for GpuOptions {
             allow_subgroups: true,
             allow_f16: true,
             max_weight_part_bytes: None,
+            downlevel_limits: false,
         }
     }
 }
 
 impl GpuOptions {
-    /// The portable path only: no subgroups, no f16.
+    /// The portable path only: no subgroups, no f16, wgpu's downlevel limits.
     pub fn plain() -> Self {
         GpuOptions {
             allow_subgroups: false,
             allow_f16: false,
             max_weight_part_bytes: None,
+            downlevel_limits: true,
         }
     }
 }
@@ -213,7 +219,11 @@ impl Ctx {
             )));
         }
         let features = adapter.features();
-        let limits = adapter.limits();
+        let limits = if opts.downlevel_limits {
+            wgpu::Limits::downlevel_defaults().using_alignment(adapter.limits())
+        } else {
+            adapter.limits()
+        };
         let mut wanted = wgpu::Features::empty();
         let variant = Variant {
             subgroups: opts.allow_subgroups && features.contains(wgpu::Features::SUBGROUP),

@@ -110,14 +110,15 @@ stage "fuzz targets (check)" cargo check --release --locked --manifest-path fuzz
 
 # The CPU kernels' NEON flavours, cross-compiled and run under qemu-user (.cargo/config.toml
 # names the linker and runner): qemu's default CPU has the dot-product extension, a
-# Cortex-A53 has not, so both dispatch paths run against the scalar reference.
+# Cortex-A53 has not, so both dispatch paths run against the scalar reference. Only the CPU
+# backend's tests: qemu-user has no GPU adapter.
 aarch64_kernels() {
     if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null \
         || ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
         missing "the aarch64 cross toolchain (gcc-aarch64-linux-gnu, qemu-user, rust target)"
         return 0
     fi
-    local t=(cargo test --release --target aarch64-unknown-linux-gnu -p pocketvlm-engine --lib backend::)
+    local t=(cargo test --release --target aarch64-unknown-linux-gnu -p pocketvlm-engine --lib backend::cpu::)
     "${t[@]}"
     QEMU_CPU=cortex-a53 "${t[@]}"
 }

@@ -12,8 +12,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::{SamplingParams, StopReason};
-use crate::metrics::{Span, Stage};
-use crate::metrics::{TurnMetrics, ms_since};
+use crate::metrics::{Span, Stage, TurnMetrics, ms_since};
 use crate::session::{LoadOptions, ModelInfo, PreparedImage, Session};
 
 #[derive(Clone, Debug)]

@@ -37,6 +37,8 @@ pub struct BenchReport {
     pub backend: String,
     /// The GPU adapter's name when the model runs on the GPU backend.
     pub adapter: Option<String>,
+    /// The vision tower's backend when it is not the language model's.
+    pub vision_backend: Option<String>,
     pub threads: usize,
     pub isa: String,
     pub load_ms: f64,
@@ -215,6 +217,7 @@ pub fn run(
             .backend_name()
             .strip_prefix("gpu: ")
             .map(str::to_string),
+        vision_backend: model.vision_backend_name(),
         threads: bw_backend.threads(),
         isa: bw_backend.isa().name().to_string(),
         load_ms,

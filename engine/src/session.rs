@@ -76,6 +76,11 @@ pub struct LoadOptions {
     /// between calls.
     #[serde(default)]
     pub prefill_chunk: Option<usize>,
+    /// Where the vision tower and projector run when not beside the language model
+    /// (`Cpu` or `Gpu`; `None` or `Auto`: with the language model). A tower on the other
+    /// backend encodes on a thread of its own while the language model prefills.
+    #[serde(default)]
+    pub vision_backend: Option<BackendKind>,
 }
 
 /// What the UI and `pocketvlm info` show about a loaded model.
@@ -101,6 +106,9 @@ pub struct ModelInfo {
     /// The GPU adapter the backend runs on (`None` on the CPU).
     #[serde(default)]
     pub adapter: Option<String>,
+    /// The vision tower's backend when it is not the language model's (`--vision-backend`).
+    #[serde(default)]
+    pub vision_backend: Option<String>,
     pub has_chat_template: bool,
     /// Sampling settings recommended by the checkpoint's generation_config.json.
     pub default_sampling: SamplingParams,
@@ -566,6 +574,7 @@ impl Session {
                 .strip_prefix("gpu: ")
                 .map(str::to_string),
             backend: model.backend_name(),
+            vision_backend: model.vision_backend_name(),
             auto_choice: auto_note,
             has_chat_template: spec.template != PromptTemplate::Jinja
                 || tokenizer.chat_template.is_some(),
@@ -1201,7 +1210,8 @@ impl Session {
     }
 }
 
-/// Loads the model on the CPU or the GPU backend (`kind` is not `Auto`).
+/// Loads the model on the CPU or the GPU backend (`kind` is not `Auto`), its vision tower
+/// on `opts.vision_backend` when that names the other one.
 fn load_model(
     kind: BackendKind,
     opts: &LoadOptions,
@@ -1210,14 +1220,34 @@ fn load_model(
     quant: QuantPolicy,
     context_len: usize,
 ) -> Result<Box<dyn Model>> {
-    Ok(match kind {
-        BackendKind::Gpu => {
-            let be = GpuBackend::new(&GpuOptions::default())?;
-            Box::new(Vlm::load(be, spec, src, quant, context_len)?)
-        }
-        _ => {
-            let be = CpuBackend::new(opts.threads)?;
-            let mut vlm = Vlm::load(be, spec, src, quant, context_len)?;
+    let gpu = || GpuBackend::new(&GpuOptions::default());
+    let cpu = || CpuBackend::new(opts.threads);
+    let llm_on_gpu = kind == BackendKind::Gpu;
+    let vision_on_gpu = match opts.vision_backend {
+        Some(BackendKind::Gpu) => true,
+        Some(BackendKind::Cpu) => false,
+        None | Some(BackendKind::Auto) => llm_on_gpu,
+    };
+    Ok(match (llm_on_gpu, vision_on_gpu) {
+        (true, true) => Box::new(Vlm::load(gpu()?, spec, src, quant, context_len)?),
+        (true, false) => Box::new(Vlm::load_split(
+            gpu()?,
+            cpu()?,
+            spec,
+            src,
+            quant,
+            context_len,
+        )?),
+        (false, true) => Box::new(Vlm::load_split(
+            cpu()?,
+            gpu()?,
+            spec,
+            src,
+            quant,
+            context_len,
+        )?),
+        (false, false) => {
+            let mut vlm = Vlm::load(cpu()?, spec, src, quant, context_len)?;
             // On the CPU the vision tower gets a thread of its own, so images encode while
             // the engine does other work (the prefill of text and of tiles already encoded,
             // or nothing while the user types). GPU command streams are recorded from one

@@ -357,6 +357,19 @@ fn a_missing_adapter_is_an_error_for_gpu_and_the_cpu_for_auto() {
         .err()
         .expect("no adapter: loading on the GPU must fail");
         assert!(matches!(err, Error::GpuUnavailable(_)), "{err}");
+        let vision_err = Session::load(
+            &fixture("mobilevlm_v2"),
+            &LoadOptions {
+                vision_backend: Some(BackendKind::Gpu),
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("no adapter: a vision tower on the GPU must fail");
+        assert!(
+            matches!(vision_err, Error::GpuUnavailable(_)),
+            "{vision_err}"
+        );
         let auto = Session::load(
             &fixture("llama_mha"),
             &LoadOptions {
@@ -392,6 +405,126 @@ fn a_missing_adapter_is_an_error_for_gpu_and_the_cpu_for_auto() {
         "child failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn load_split<B: Backend, V: Backend>(be: B, vision_be: V, name: &str) -> Vlm<B> {
+    let dir = fixture(name);
+    let spec = read_model_spec(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let ckpt = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let context = spec.llm.max_position_embeddings;
+    Vlm::load_split(be, vision_be, &spec, &ckpt, QuantPolicy::default(), context)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// CPU and GPU together: the vision tower on one backend (on its own thread) and the
+/// language model on the other give the single-backend CPU results — projector rows,
+/// logits of a prompt with the image spliced in, the greedy continuation.
+#[test]
+fn a_vision_tower_on_the_other_backend_matches_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    for name in ["mobilevlm_v2", "imp_qwen"] {
+        let reference = Reference::open(&fixture(name));
+        let (mut c, spec) = load(cpu(), name, None);
+        let (_, pixels) = reference.f32("pixel_values.0");
+        let ic = c.encode_image(&pixels).unwrap();
+        let rows = c.image_tokens().unwrap();
+        let ids = reference.i64("input_ids");
+        let mut runs = vec![];
+        let seg = segments(&spec, &ids, rows, &mut runs, &[ic]);
+        let want_rows = c.image_embeddings(ic).unwrap();
+        let want = c.forward(&seg, 0, Logits::All).unwrap();
+        let want_greedy = greedy(&mut c, &seg, 8);
+        let mut split: [(&str, Box<dyn Model>); 2] = [
+            (
+                "LLM on CPU, vision on GPU",
+                Box::new(load_split(cpu(), gpu(), name)),
+            ),
+            (
+                "LLM on GPU, vision on CPU",
+                Box::new(load_split(gpu(), cpu(), name)),
+            ),
+        ];
+        for (what, m) in &mut split {
+            assert!(m.vision_backend_name().is_some(), "{what}");
+            let id = m.encode_image(&pixels).unwrap();
+            assert_close(
+                &format!("{name} {what}: projector"),
+                &m.image_embeddings(id).unwrap(),
+                &want_rows,
+            );
+            let mut runs = vec![];
+            let seg = segments(&spec, &ids, rows, &mut runs, &[id]);
+            let got = m.forward(&seg, 0, Logits::All).unwrap();
+            assert_close(&format!("{name} {what}: logits"), &got, &want);
+            assert_eq!(greedy(m.as_mut(), &seg, 8), want_greedy, "{name} {what}");
+        }
+    }
+}
+
+/// Pipelined across backends: bluelm-v's tiles encode on the GPU's vision thread while
+/// the CPU prefills; the first chunk's rows are used as soon as their batch arrives, and
+/// the result is the reference's.
+#[test]
+fn bluelm_tiles_encode_on_the_gpu_while_the_cpu_prefills() {
+    if !gpu_available() {
+        return;
+    }
+    let reference = Reference::open(&fixture("bluelm_tiny"));
+    let spec = read_model_spec(&fixture("bluelm_tiny")).unwrap();
+    let mut m = load_split(cpu(), gpu(), "bluelm_tiny");
+    let (shape, pixels) = reference.f32("pixel_values.1");
+    let per = pixels.len() / shape[0];
+    let passes = pixels.chunks(per).map(<[f32]>::to_vec).collect();
+    let id = m.begin_image(passes).unwrap();
+    let ids = reference.i64("input_ids");
+    let rows = m.image_rows(id).unwrap();
+    let mut runs = vec![];
+    let seg = segments(&spec, &ids, rows, &mut runs, &[id]);
+    let logits = m.forward(&seg, 0, Logits::All).unwrap();
+    let (tail_shape, tail) = reference.f32("logits_tail");
+    let vocab = spec.llm.vocab_size;
+    assert_close(
+        "bluelm split logits (reference)",
+        &logits[logits.len() - tail_shape[0] * vocab..],
+        &tail,
+    );
+    // The vision thread delivered the image batch by batch (two tiles at a time).
+    let spans = m.take_encode_spans();
+    assert!(spans.len() >= 2, "{} batches", spans.len());
+    assert!(spans.windows(2).all(|w| w[0].first < w[1].first));
+    let want = reference.ids("generated_ids");
+    assert_eq!(greedy(&mut m, &seg, want.len()), want);
+}
+
+/// A session with `vision_backend` set reports it and answers as the CPU does.
+#[test]
+fn sessions_put_the_vision_tower_on_the_chosen_backend() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = fixture("mobilevlm_v2");
+    let opts = LoadOptions {
+        vision_backend: Some(BackendKind::Gpu),
+        ..Default::default()
+    };
+    let split = Session::load(&dir, &opts).unwrap();
+    let info = split.info();
+    assert!(info.backend.starts_with("cpu"), "{}", info.backend);
+    let vision = info.vision_backend.clone().unwrap_or_default();
+    assert!(vision.starts_with("gpu: "), "{vision}");
+    // Auto (or naming the language model's own backend) keeps the tower beside it.
+    for same in [BackendKind::Auto, BackendKind::Cpu] {
+        let opts = LoadOptions {
+            vision_backend: Some(same),
+            ..Default::default()
+        };
+        assert_eq!(
+            Session::load(&dir, &opts).unwrap().info().vision_backend,
+            None
+        );
+    }
 }
 
 /// bluelm-v on the GPU: the passes are encoded inline, a batch of two tiles at a time, when

@@ -43,6 +43,9 @@ pub struct BenchArgs {
     threads: Option<usize>,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// Run the vision tower and projector on cpu or gpu (default: beside the language model).
+    #[arg(long, value_parser = super::parse_vision_backend)]
+    vision_backend: Option<BackendKind>,
     /// Language-model matrices as q4_0, q4_1, q8_0, f16 or f32 (synthetic default: q4_0;
     /// files: as stored).
     #[arg(long, value_parser = parse_dtype)]
@@ -85,6 +88,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             vision_quant: args.vision_quant,
             mmproj: args.mmproj.clone(),
             prefill_chunk: args.prefill_chunk,
+            vision_backend: args.vision_backend,
             ..Default::default()
         };
         let mut session = match (&args.synthetic, &args.model) {
@@ -107,6 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         quant: args.quant,
         vision_quant: args.vision_quant,
         mmproj: args.mmproj.clone(),
+        vision_backend: args.vision_backend,
         ..Default::default()
     };
     let (mut session, label) = if let Some(name) = &args.synthetic {
@@ -149,6 +154,9 @@ fn print(r: &BenchReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("model:      {} on {}", r.model, r.backend);
+    if let Some(v) = &r.vision_backend {
+        println!("vision on:  {v}");
+    }
     println!("load:       {:.0} ms", r.load_ms);
     if r.vision_ms > 0.0 {
         println!(

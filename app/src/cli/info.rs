@@ -83,5 +83,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         None => println!("chat template: none (prompts are sent as raw text)"),
     }
     println!("backend:       {}", info.backend);
+    if let Some(v) = &info.vision_backend {
+        println!("vision on:     {v}");
+    }
     Ok(())
 }

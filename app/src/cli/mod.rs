@@ -54,6 +54,10 @@ pub struct ModelArgs {
     /// Where to run: cpu, gpu or auto.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// Run the vision tower and projector on cpu or gpu instead (default: beside the
+    /// language model); it then encodes on a thread of its own while the LLM prefills.
+    #[arg(long, value_parser = parse_vision_backend)]
+    vision_backend: Option<BackendKind>,
     /// CPU threads (default: all available).
     #[arg(long)]
     threads: Option<usize>,
@@ -81,6 +85,16 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
+/// `--vision-backend`: a backend named outright (auto decides for the language model only).
+pub fn parse_vision_backend(s: &str) -> Result<BackendKind, String> {
+    match s.parse::<BackendKind>()? {
+        BackendKind::Auto => {
+            Err("the vision backend is cpu or gpu (auto applies to --backend)".into())
+        }
+        kind => Ok(kind),
+    }
+}
+
 impl ModelArgs {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
@@ -91,6 +105,7 @@ impl ModelArgs {
             vision_quant: self.vision_quant,
             mmproj: self.mmproj.clone(),
             prefill_chunk: self.prefill_chunk,
+            vision_backend: self.vision_backend,
             ..Default::default()
         }
     }

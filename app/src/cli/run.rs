@@ -82,6 +82,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         info.load_ms,
         info.backend
     );
+    if let Some(v) = &info.vision_backend {
+        eprintln!("vision tower on {v}");
+    }
 
     let mut messages = Vec::new();
     if let Some(s) = &args.system {

@@ -32,6 +32,8 @@ pub struct LoadChoice {
     pub quant: Option<String>,
     pub vision_quant: Option<String>,
     pub backend: BackendKind,
+    /// Where the vision tower runs (`None`: beside the language model).
+    pub vision_backend: Option<BackendKind>,
     /// 0: all cores.
     pub threads: usize,
     /// 0: the model's maximum.
@@ -44,6 +46,7 @@ impl Default for LoadChoice {
             quant: None,
             vision_quant: None,
             backend: BackendKind::Auto,
+            vision_backend: None,
             threads: 0,
             context_len: 0,
         }
@@ -60,6 +63,7 @@ impl LoadChoice {
             quant: dtype(&self.quant),
             vision_quant: dtype(&self.vision_quant),
             mmproj,
+            vision_backend: self.vision_backend,
             ..Default::default()
         }
     }
@@ -396,6 +400,21 @@ fn options_section(ui: &mut egui::Ui, choice: &mut LoadChoice) {
                 .response
                 .labelled_by(label.id);
             ui.end_row();
+            let label = ui.label("Vision tower on");
+            let vision_name = |v: Option<BackendKind>| v.map_or("same backend", backend_name);
+            egui::ComboBox::from_id_salt("vision-backend")
+                .selected_text(vision_name(choice.vision_backend))
+                .show_ui(ui, |ui| {
+                    for v in [None, Some(BackendKind::Cpu), Some(BackendKind::Gpu)] {
+                        ui.selectable_value(&mut choice.vision_backend, v, vision_name(v));
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "Encode images on the other backend while the language model prefills",
+                );
+            ui.end_row();
             let label = ui.label("CPU threads");
             ui.add(
                 egui::DragValue::new(&mut choice.threads)
@@ -556,6 +575,9 @@ pub fn model_card(ui: &mut egui::Ui, info: &ModelInfo, loaded_with: Option<&Load
                     },
                 );
                 row(ui, "Backend", info.backend.clone());
+                if let Some(v) = &info.vision_backend {
+                    row(ui, "Vision tower on", v.clone());
+                }
                 if let Some(choice) = &info.auto_choice {
                     row(ui, "Auto choice", choice.clone());
                 }

@@ -114,6 +114,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn write(&self, t: &mut Self::Tensor, data: &[f32]);
     /// Downloads the current rows.
     fn read(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// Waits until the ops issued so far have run, so that a timing around them is honest
+    /// (backends that run each op when it is called have nothing to wait for).
+    fn sync(&self) {}
     /// `dst[dst_row..][..count] = src[src_row..][..count]`; `dst` must already have the rows.
     fn copy_rows(
         &self,

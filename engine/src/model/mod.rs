@@ -149,6 +149,10 @@ pub trait Model: Send {
         self.weight_bytes()
     }
     fn backend_name(&self) -> String;
+    /// The vision tower's backend when it differs from the language model's.
+    fn vision_backend_name(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reads a module's weights by name from a checkpoint, the way candle's `VarBuilder` does:

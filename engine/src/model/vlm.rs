@@ -53,6 +53,10 @@ pub struct EncodeSpan {
 }
 
 impl<B: Backend> Vision<B> {
+    fn weight_bytes(&self) -> usize {
+        self.tower.weight_bytes() + self.projector.weight_bytes(&self.be)
+    }
+
     /// Runs a batch of passes through the tower and the projector.
     fn encode(
         &self,
@@ -62,12 +66,14 @@ impl<B: Backend> Vision<B> {
     ) -> Result<(B::Tensor, EncodeSpan)> {
         let start = Instant::now();
         let features = self.tower.forward_batch(passes)?;
+        self.be.sync();
         let vision_end = Instant::now();
         let side = self.spec.tower.grid_side();
         let rows =
             self.projector
                 .forward_tiles(&self.be, &features, side, passes.len(), self.hidden)?;
         // Make the times honest on backends that only record work: the rows exist now.
+        self.be.sync();
         let span = EncodeSpan {
             image,
             first,
@@ -171,6 +177,8 @@ pub struct Vlm<B: Backend> {
     spans: Vec<EncodeSpan>,
     /// Bytes of the vision tower and projector (they may live on the vision thread).
     vision_bytes: usize,
+    /// The vision tower's backend when it is not `be` ([`Vlm::load_split`]).
+    vision_backend: Option<String>,
 }
 
 /// Opens the tower's weights: the main checkpoint when it carries them, else the tower's
@@ -198,6 +206,105 @@ fn tower_source(src: &dyn TensorSource, spec: &VisionSpec) -> Result<(Option<Che
     Ok((Some(tower), prefix.to_string()))
 }
 
+/// Loads the vision tower and projector of `spec` (if it has them) onto `be`.
+fn load_vision<V: Backend>(
+    be: &V,
+    spec: &ModelSpec,
+    src: &dyn TensorSource,
+    quant: Option<DType>,
+) -> Result<Option<Vision<V>>> {
+    let Some(vs) = &spec.vision else {
+        return Ok(None);
+    };
+    let (tower_ckpt, prefix) = tower_source(src, vs)?;
+    let tower_src: &dyn TensorSource = match &tower_ckpt {
+        Some(c) => c,
+        None => src,
+    };
+    let tower_w = WeightLoader::new(tower_src, be)
+        .with_quant(quant)
+        .pp_opt(&prefix);
+    let tower = VisionTower::load(
+        be.clone(),
+        vs.tower.clone(),
+        &tower_w,
+        vs.layers_to_run,
+        vs.drop_cls,
+    )?;
+    let proj_w = WeightLoader::new(src, be)
+        .with_quant(quant)
+        .pp("model.mm_projector");
+    let projector = Projector::load(
+        &proj_w,
+        vs.projector,
+        vs.tower.hidden_size,
+        spec.llm.hidden_size,
+    )?;
+    Ok(Some(Vision {
+        be: be.clone(),
+        tower,
+        projector,
+        spec: vs.clone(),
+        hidden: spec.llm.hidden_size,
+    }))
+}
+
+/// Starts the vision thread that owns `vision`. Each batch's rows go through `to_llm`
+/// before they are handed over: nothing when the tower shares the language model's
+/// backend, a read-back and an upload when it runs on another.
+fn spawn_vision_thread<V: Backend, B: Backend>(
+    vision: Vision<V>,
+    to_llm: impl Fn(&V, V::Tensor) -> B::Tensor + Send + 'static,
+) -> Result<VisionThread<B>> {
+    let spec = vision.spec.clone();
+    let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
+    let (done_tx, done) = crossbeam_channel::unbounded::<Done<B>>();
+    let batch = spec.vision_batch.max(1);
+    let thread = std::thread::Builder::new()
+        .name("pocketvlm-vision".into())
+        .spawn(move || {
+            while let Ok(job) = job_rx.recv() {
+                let (image, passes) = match job {
+                    Job::Encode { image, passes } => (image, passes),
+                    Job::Features { pixels, reply } => {
+                        let f = vision.tower.forward(&pixels).map(|t| vision.be.read(&t));
+                        let _ = reply.send(f);
+                        continue;
+                    }
+                };
+                for (b, group) in passes.chunks(batch).enumerate() {
+                    let refs: Vec<&[f32]> = group.iter().map(Vec::as_slice).collect();
+                    let first = b * batch;
+                    let result = vision.encode(image, first, &refs).map(|(rows, mut span)| {
+                        let rows = to_llm(&vision.be, rows);
+                        // The rows are usable from here (the transfer counts as projector time).
+                        span.end = Instant::now();
+                        (rows, span)
+                    });
+                    let failed = result.is_err();
+                    if done_tx
+                        .send(Done {
+                            image,
+                            first,
+                            result,
+                        })
+                        .is_err()
+                        || failed
+                    {
+                        break;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::EngineStopped(format!("cannot start the vision thread: {e}")))?;
+    Ok(VisionThread {
+        jobs,
+        done,
+        thread: Some(thread),
+        spec,
+    })
+}
+
 impl<B: Backend> Vlm<B> {
     /// Loads the model from `src`; matrices of the language model are stored as
     /// `quant.llm`, those of the vision tower and projector as `quant.vision` (`None`: as in
@@ -209,50 +316,73 @@ impl<B: Backend> Vlm<B> {
         quant: QuantPolicy,
         context_len: usize,
     ) -> Result<Self> {
-        let llm_w = WeightLoader::new(src, &be).with_quant(quant.llm);
-        let decoder = load_decoder(&be, &spec.llm, &llm_w, context_len)?;
-        let vision = match &spec.vision {
+        let decoder = load_decoder(
+            &be,
+            &spec.llm,
+            &WeightLoader::new(src, &be).with_quant(quant.llm),
+            context_len,
+        )?;
+        let vision = load_vision(&be, spec, src, quant.vision)?;
+        let vision_bytes = vision.as_ref().map_or(0, Vision::weight_bytes);
+        Ok(Self::assemble(
+            be,
+            decoder,
+            vision.map(Runner::Inline),
+            vision_bytes,
+            spec,
+            context_len,
+        ))
+    }
+
+    /// Loads the language model on `be` and the vision tower and projector on another
+    /// backend, `vision_be` (the GPU beside a CPU language model, or the reverse). The tower
+    /// runs on a vision thread of its own; each finished batch of rows is read back and
+    /// uploaded to `be`, so the prefill of the first tiles on one backend overlaps the
+    /// encoding of later tiles on the other.
+    pub fn load_split<V: Backend>(
+        be: B,
+        vision_be: V,
+        spec: &ModelSpec,
+        src: &dyn TensorSource,
+        quant: QuantPolicy,
+        context_len: usize,
+    ) -> Result<Self> {
+        let decoder = load_decoder(
+            &be,
+            &spec.llm,
+            &WeightLoader::new(src, &be).with_quant(quant.llm),
+            context_len,
+        )?;
+        let vision = load_vision(&vision_be, spec, src, quant.vision)?;
+        let vision_bytes = vision.as_ref().map_or(0, Vision::weight_bytes);
+        let runner = match vision {
             None => None,
-            Some(vs) => {
-                let (tower_ckpt, prefix) = tower_source(src, vs)?;
-                let tower_src: &dyn TensorSource = match &tower_ckpt {
-                    Some(c) => c,
-                    None => src,
+            Some(v) => {
+                let llm = be.clone();
+                let to_llm = move |from: &V, rows: V::Tensor| {
+                    let host = from.read(&rows);
+                    let mut t = llm.tensor(from.rows(&rows), from.cols(&rows));
+                    llm.write(&mut t, &host);
+                    t
                 };
-                let tower_w = WeightLoader::new(tower_src, &be)
-                    .with_quant(quant.vision)
-                    .pp_opt(&prefix);
-                let tower = VisionTower::load(
-                    be.clone(),
-                    vs.tower.clone(),
-                    &tower_w,
-                    vs.layers_to_run,
-                    vs.drop_cls,
-                )?;
-                let proj_w = WeightLoader::new(src, &be)
-                    .with_quant(quant.vision)
-                    .pp("model.mm_projector");
-                let projector = Projector::load(
-                    &proj_w,
-                    vs.projector,
-                    vs.tower.hidden_size,
-                    spec.llm.hidden_size,
-                )?;
-                Some(Runner::Inline(Vision {
-                    be: be.clone(),
-                    tower,
-                    projector,
-                    spec: vs.clone(),
-                    hidden: spec.llm.hidden_size,
-                }))
+                Some(Runner::Thread(spawn_vision_thread(v, to_llm)?))
             }
         };
+        let mut vlm = Self::assemble(be, decoder, runner, vision_bytes, spec, context_len);
+        vlm.vision_backend = Some(vision_be.name());
+        Ok(vlm)
+    }
+
+    fn assemble(
+        be: B,
+        decoder: Box<dyn Decoder<B>>,
+        vision: Option<Runner<B>>,
+        vision_bytes: usize,
+        spec: &ModelSpec,
+        context_len: usize,
+    ) -> Self {
         let x = be.tensor(PREFILL_CHUNK, spec.llm.hidden_size);
-        let vision_bytes = match &vision {
-            Some(Runner::Inline(v)) => v.tower.weight_bytes() + v.projector.weight_bytes(&v.be),
-            _ => 0,
-        };
-        Ok(Vlm {
+        Vlm {
             be,
             decoder,
             vision,
@@ -263,7 +393,8 @@ impl<B: Backend> Vlm<B> {
             last_encode: None,
             spans: Vec::new(),
             vision_bytes,
-        })
+            vision_backend: None,
+        }
     }
 
     fn no_vision() -> Error {
@@ -283,48 +414,10 @@ impl<B: Backend> Vlm<B> {
                 return Ok(());
             }
         };
-        let spec = vision.spec.clone();
-        let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
-        let (done_tx, done) = crossbeam_channel::unbounded::<Done<B>>();
-        let batch = spec.vision_batch.max(1);
-        let thread = std::thread::Builder::new()
-            .name("pocketvlm-vision".into())
-            .spawn(move || {
-                while let Ok(job) = job_rx.recv() {
-                    let (image, passes) = match job {
-                        Job::Encode { image, passes } => (image, passes),
-                        Job::Features { pixels, reply } => {
-                            let f = vision.tower.forward(&pixels).map(|t| vision.be.read(&t));
-                            let _ = reply.send(f);
-                            continue;
-                        }
-                    };
-                    for (b, group) in passes.chunks(batch).enumerate() {
-                        let refs: Vec<&[f32]> = group.iter().map(Vec::as_slice).collect();
-                        let first = b * batch;
-                        let result = vision.encode(image, first, &refs);
-                        let failed = result.is_err();
-                        if done_tx
-                            .send(Done {
-                                image,
-                                first,
-                                result,
-                            })
-                            .is_err()
-                            || failed
-                        {
-                            break;
-                        }
-                    }
-                }
-            })
-            .map_err(|e| Error::EngineStopped(format!("cannot start the vision thread: {e}")))?;
-        self.vision = Some(Runner::Thread(VisionThread {
-            jobs,
-            done,
-            thread: Some(thread),
-            spec,
-        }));
+        self.vision = Some(Runner::Thread(spawn_vision_thread(
+            vision,
+            |_: &B, rows| rows,
+        )?));
         Ok(())
     }
 
@@ -662,5 +755,9 @@ impl<B: Backend> Model for Vlm<B> {
 
     fn backend_name(&self) -> String {
         self.be.name()
+    }
+
+    fn vision_backend_name(&self) -> Option<String> {
+        self.vision_backend.clone()
     }
 }

@@ -559,6 +559,14 @@ impl Ctx {
         self.copy(st, &staging, 0, dst, offset, data.len() as u64);
     }
 
+    /// Submits everything recorded and waits until the device has run it.
+    pub fn wait(&self, st: &mut State) {
+        self.flush(st, None);
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            panic!("GPU device lost while waiting for results: {e}");
+        }
+    }
+
     /// Submits everything recorded, then, with `read = Some((buffer, offset, size))`, copies
     /// those bytes back and returns them.
     pub fn flush(&self, st: &mut State, read: Option<(&wgpu::Buffer, u64, u64)>) -> Vec<u8> {

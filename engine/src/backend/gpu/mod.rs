@@ -233,6 +233,11 @@ impl Backend for GpuBackend {
         );
     }
 
+    fn sync(&self) {
+        let mut st = self.ctx.lock();
+        self.ctx.wait(&mut st);
+    }
+
     fn read(&self, t: &GpuTensor) -> Vec<f32> {
         let mut st = self.ctx.lock();
         if t.len() == 0 {

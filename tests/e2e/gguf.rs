@@ -224,3 +224,30 @@ fn k_quants_decode_like_gguf_py() {
         assert_eq!(got, expected, "{name}");
     }
 }
+
+/// Q4_0, Q4_1 and Q8_0 are ggml's bytes: our reference quantisers write exactly what
+/// gguf-py's (ports of ggml's `quantize_row_*_ref`) write for the same f32 rows, and our
+/// dequantisers read gguf-py's blocks to gguf-py's values.
+#[test]
+fn block_formats_are_byte_identical_to_gguf_py() {
+    use pocketvlm_engine::quant::quantize_ref;
+    use pocketvlm_engine::tensor::{DType, convert_to_f32};
+    let r = Reference::open(&fixture("kquants"));
+    let file = pocketvlm_engine::load::safetensors::SafetensorsFile::open(
+        &fixture("kquants").join("reference.safetensors"),
+    )
+    .unwrap();
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        let name = format!("{dtype}").to_uppercase();
+        let (_, input) = r.f32(&format!("{name}.input"));
+        let (_, bytes) = file.raw(&format!("{name}.bytes")).unwrap();
+        let (_, values) = r.f32(&format!("{name}.values"));
+        let ours = quantize_ref(dtype, &input);
+        assert_eq!(ours.len(), bytes.len(), "{name}: byte count");
+        let first_diff = ours.iter().zip(bytes).position(|(a, b)| a != b);
+        assert_eq!(first_diff, None, "{name}: first differing byte");
+        let mut got = vec![0.0; values.len()];
+        convert_to_f32(dtype, bytes, &mut got);
+        assert_eq!(got, values, "{name}: dequantised values");
+    }
+}

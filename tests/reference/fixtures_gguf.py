@@ -1,11 +1,14 @@
-"""k-quant references: random Q4_K and Q6_K super-blocks and their values as gguf-py (the
-llama.cpp project's Python package) dequantises them. Written to tests/fixtures/kquants/."""
+"""Block-format references from gguf-py (the llama.cpp project's Python package), written
+to tests/fixtures/kquants/:
+- random Q4_K and Q6_K super-blocks and their values as gguf-py dequantises them;
+- random f32 rows quantised to Q4_0, Q4_1 and Q8_0 by gguf-py's reference quantisers
+  (ports of ggml's `quantize_row_*_ref`), with their dequantised values."""
 
 import os
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quantize
 from safetensors.numpy import save_file
 
 
@@ -27,4 +30,14 @@ def write(root):
         values = dequantize(raw, qt).astype(np.float32)
         tensors[f"{qt.name}.bytes"] = raw
         tensors[f"{qt.name}.values"] = values
+    for qt in [T.Q4_0, T.Q4_1, T.Q8_0]:
+        # Rows of mixed scale, with an all-zero block and a block of one repeated value.
+        x = rng.normal(0.0, 1.0, size=(4, 256)).astype(np.float32)
+        x *= np.float32(10.0) ** rng.integers(-3, 2, size=(4, 1)).astype(np.float32)
+        x[1, 32:64] = 0.0
+        x[2, 64:96] = np.float32(0.37)
+        raw = quantize(x, qt)
+        tensors[f"{qt.name}.input"] = x
+        tensors[f"{qt.name}.bytes"] = raw
+        tensors[f"{qt.name}.values"] = dequantize(raw, qt).astype(np.float32)
     save_file(tensors, os.path.join(out, "reference.safetensors"), metadata={"meta": "gguf-py dequantize"})

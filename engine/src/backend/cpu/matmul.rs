@@ -32,6 +32,8 @@ pub struct ActBuf {
     qs16: Vec<i16>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// Activation rows in bf16 (prefill of quantised weights).
+    bf: Vec<u16>,
 }
 
 #[derive(Clone, Copy)]
@@ -69,19 +71,26 @@ pub enum ActPrecision {
     /// integer dot products, but not accurate enough to keep every real model's answers.
     Int8,
     /// int16 per 32-block (~256× finer, within float rounding of f32 activations) for
-    /// decode; prefill dequantises weight panels to f32.
+    /// decode; prefill dequantises weight panels to f32 (exact).
     Int16,
+    /// The default: int16 for decode; prefill in bf16 (weights and activations rounded to
+    /// bf16, f32 accumulation) on CPUs with a bf16 dot product (AVX-512 BF16), twice the
+    /// multiplies per instruction of f32 — elsewhere exact f32 as with `Int16`. Measured on
+    /// SmolLM2-135M Q4_1: 99% teacher-forced top-1 agreement with f32 weights (int8
+    /// activations: 96%).
+    Bf16,
     /// f32 activations against weight rows dequantised to f32 (the slow reference).
     F32,
 }
 
 impl ActPrecision {
-    /// The default, or `POCKETVLM_ACT=int8|int16`.
+    /// The default ([`ActPrecision::Bf16`]), or `POCKETVLM_ACT=int8|int16|bf16|f32`.
     pub fn from_env() -> Self {
         match std::env::var("POCKETVLM_ACT").as_deref() {
             Ok("int8") => ActPrecision::Int8,
+            Ok("int16") => ActPrecision::Int16,
             Ok("f32") => ActPrecision::F32,
-            _ => ActPrecision::Int16,
+            _ => ActPrecision::Bf16,
         }
     }
 }
@@ -128,14 +137,14 @@ pub fn matmul(
     // blocks through the integer kernels.
     let integer = match prec {
         ActPrecision::Int8 => true,
-        ActPrecision::Int16 => t_rows < DEQUANT_MIN_ROWS,
+        ActPrecision::Int16 | ActPrecision::Bf16 => t_rows < DEQUANT_MIN_ROWS,
         ActPrecision::F32 => false,
     };
     if uses_int8(w) && integer {
         let nb = k / QK;
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
         let buf = &mut *guard;
-        let wide = prec == ActPrecision::Int16;
+        let wide = prec != ActPrecision::Int8;
         if wide {
             buf.qs16.resize(t_rows * k, 0);
         } else {
@@ -199,6 +208,37 @@ pub fn matmul(
                         simd::qgemm(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
                     }
                 }
+                add_bias(n0, n1);
+            }
+        });
+        return;
+    }
+
+    if uses_int8(w) && prec == ActPrecision::Bf16 && simd::has_bf16_gemm(isa) {
+        // Prefill on a CPU with a bf16 dot product: activations converted once, each panel
+        // of weight rows dequantised to bf16 once.
+        let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = &mut *guard;
+        buf.bf.resize(t_rows * k, 0);
+        simd::to_bf16(isa, x, &mut buf.bf);
+        let xb = &buf.bf[..];
+        let panel = panel_rows(n_out, t_rows, threads, true);
+        let items = n_out.div_ceil(panel);
+        let dtype = w.dtype;
+        pool.run(|ctx| {
+            loop {
+                let i = ctx.next();
+                if i >= items {
+                    break;
+                }
+                let n0 = i * panel;
+                let n1 = (n0 + panel).min(n_out);
+                let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
+                let scratch = ctx.scratch.f32s(((n1 - n0) * k).div_ceil(2));
+                let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(scratch)[..(n1 - n0) * k];
+                simd::dequantize_bf16(isa, dtype, raw, wb);
+                // SAFETY: output columns n0..n1 are this item's.
+                unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0) };
                 add_bias(n0, n1);
             }
         });
@@ -293,6 +333,10 @@ mod tests {
         HostTensor::new(dtype, vec![n, k], Storage::from_bytes(&bytes))
     }
 
+    fn round_bf16(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+    }
+
     /// The activations as the integer path sees them (quantised, then dequantised).
     fn requantised(x: &[f32], k: usize, prec: ActPrecision) -> Vec<f32> {
         let mut out = vec![0.0; x.len()];
@@ -318,10 +362,13 @@ mod tests {
 
     #[test]
     fn every_flavour_and_thread_count_matches_scalar_on_ragged_shapes() {
-        for (isa, prec) in Isa::available()
-            .into_iter()
-            .flat_map(|i| [(i, ActPrecision::Int8), (i, ActPrecision::Int16)])
-        {
+        for (isa, prec) in Isa::available().into_iter().flat_map(|i| {
+            [
+                (i, ActPrecision::Int8),
+                (i, ActPrecision::Int16),
+                (i, ActPrecision::Bf16),
+            ]
+        }) {
             for threads in [1, 3] {
                 let pool = ThreadPool::new(threads).unwrap();
                 let acts = Mutex::new(ActBuf::default());
@@ -361,13 +408,31 @@ mod tests {
                         // scalar matmul of the quantised activations; from
                         // DEQUANT_MIN_ROWS rows on, activations stay f32.
                         let integer = prec == ActPrecision::Int8 || t < DEQUANT_MIN_ROWS;
+                        // Prefill of quantised weights with a bf16 dot product: exact
+                        // against both operands rounded to bf16.
+                        let bf = uses_int8(&w)
+                            && !integer
+                            && prec == ActPrecision::Bf16
+                            && simd::has_bf16_gemm(isa);
                         let xr = if uses_int8(&w) && integer {
                             requantised(&x, k, prec)
+                        } else if bf {
+                            round_bf16(&x)
                         } else {
                             x.clone()
                         };
                         let mut expected = vec![0.0; t * n];
-                        scalar::matmul(&xr, &w, Some(&bias), &mut expected);
+                        if bf {
+                            let wr = round_bf16(&w.to_f32_vec());
+                            let wf = HostTensor::new(
+                                DType::F32,
+                                vec![n, k],
+                                Storage::from_bytes(bytemuck::cast_slice(&wr)),
+                            );
+                            scalar::matmul(&xr, &wf, Some(&bias), &mut expected);
+                        } else {
+                            scalar::matmul(&xr, &w, Some(&bias), &mut expected);
+                        }
                         let mut got = vec![0.0; t * n];
                         matmul(&pool, isa, prec, &acts, &x, &w, Some(&bias), &mut got);
                         for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
@@ -379,6 +444,54 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The bf16 prefill of quantised weights stays within bf16 rounding of the exact
+    /// product (relative to the output's scale), on shapes of real models.
+    #[test]
+    fn bf16_prefill_stays_close_to_f32() {
+        let isa = Isa::detect();
+        if !simd::has_bf16_gemm(isa) {
+            eprintln!("no bf16 dot product on this CPU: the f32 prefill path is used");
+            return;
+        }
+        let pool = ThreadPool::new(2).unwrap();
+        let acts = Mutex::new(ActBuf::default());
+        let (t, n, k) = (37, 96, 2048);
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            let w = weight(dtype, n, k, 17);
+            let x = rand_vec(t * k, 3);
+            let mut exact = vec![0.0; t * n];
+            matmul(
+                &pool,
+                isa,
+                ActPrecision::F32,
+                &acts,
+                &x,
+                &w,
+                None,
+                &mut exact,
+            );
+            let mut got = vec![0.0; t * n];
+            matmul(
+                &pool,
+                isa,
+                ActPrecision::Bf16,
+                &acts,
+                &x,
+                &w,
+                None,
+                &mut got,
+            );
+            let (d, scale) = got
+                .iter()
+                .zip(&exact)
+                .fold((0.0f32, 0.0f32), |(d, s), (a, b)| {
+                    (d.max((a - b).abs()), s.max(b.abs()))
+                });
+            eprintln!("{dtype} bf16 prefill: max|Δ| {d:.2e} of {scale:.2}");
+            assert!(d <= 4e-3 * scale, "{dtype}: {d} vs {scale}");
         }
     }
 

@@ -336,6 +336,71 @@ pub unsafe fn fgemm_panel(
     }
 }
 
+/// Whether [`bf16_gemm`] has a fast kernel here (AVX-512 BF16); the prefill of quantised
+/// weights uses it when it does.
+pub fn has_bf16_gemm(isa: Isa) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::has_bf16(),
+        _ => false,
+    }
+}
+
+/// f32 values (a multiple of 32) to bf16, round to nearest even.
+pub fn to_bf16(isa: Isa, x: &[f32], out: &mut [u16]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if x86::has_bf16() => unsafe { x86::to_bf16_avx512(x, out) },
+        _ => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = half::bf16::from_f32(v).to_bits();
+            }
+        }
+    }
+}
+
+/// Quantised weight bytes (whole blocks) to bf16 values.
+pub fn dequantize_bf16(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [u16]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if x86::has_bf16() => unsafe { x86::dequantize_bf16_avx512(dtype, bytes, out) },
+        _ => {
+            let mut f = vec![0.0; out.len()];
+            dequantize(isa, dtype, bytes, &mut f);
+            to_bf16(isa, &f, out);
+        }
+    }
+}
+
+/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` over bf16 weight rows (`rows × k`) and bf16
+/// activation rows, accumulated in f32; `k` is a multiple of 32.
+///
+/// # Safety
+/// As [`fgemm`].
+pub unsafe fn bf16_gemm(
+    isa: Isa,
+    w: &[u16],
+    rows: usize,
+    x: &[u16],
+    k: usize,
+    out: OutPtr,
+    r0: usize,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if x86::has_bf16() => unsafe { x86::bf16_gemm_avx512(w, rows, x, k, out, r0) },
+        _ => {
+            let f = |v: &u16| half::bf16::from_bits(*v).to_f32();
+            for (t, xr) in x.chunks_exact(k).enumerate() {
+                for (r, wr) in w.chunks_exact(k).take(rows).enumerate() {
+                    let dot = wr.iter().zip(xr).map(|(a, b)| f(a) * f(b)).sum();
+                    unsafe { out.write(t, r0 + r, dot) };
+                }
+            }
+        }
+    }
+}
+
 /// Quantised weight bytes (whole blocks) to f32.
 pub fn dequantize(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match isa {

@@ -234,11 +234,13 @@ pub fn matmul(
                 let n0 = i * panel;
                 let n1 = (n0 + panel).min(n_out);
                 let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
-                let scratch = ctx.scratch.f32s(((n1 - n0) * k).div_ceil(2));
-                let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(scratch)[..(n1 - n0) * k];
+                let half = ((n1 - n0) * k).div_ceil(2);
+                let scratch = ctx.scratch.f32s(half + simd::bf16_scratch(isa, n1 - n0));
+                let (wb, acc) = scratch.split_at_mut(half);
+                let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(wb)[..(n1 - n0) * k];
                 simd::dequantize_bf16(isa, dtype, raw, wb);
                 // SAFETY: output columns n0..n1 are this item's.
-                unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0) };
+                unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0, acc) };
                 add_bias(n0, n1);
             }
         });
@@ -389,6 +391,8 @@ mod tests {
                             (2, 9, 32),
                             (9, 130, 256),
                             (1, 258, 2048),
+                            // Prefill over several K slices of the bf16 GEMM, ragged rows.
+                            (10, 37, 2080),
                         ]
                     } else {
                         &[

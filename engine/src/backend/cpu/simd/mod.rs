@@ -372,11 +372,24 @@ pub fn dequantize_bf16(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [u16]) {
     }
 }
 
+/// Scratch f32 values [`bf16_gemm`] wants for a panel of `rows` weight rows.
+pub fn bf16_scratch(isa: Isa, rows: usize) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::bf16_scratch(rows),
+        _ => {
+            let _ = rows;
+            0
+        }
+    }
+}
+
 /// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` over bf16 weight rows (`rows × k`) and bf16
 /// activation rows, accumulated in f32; `k` is a multiple of 32.
 ///
 /// # Safety
-/// As [`fgemm`].
+/// As [`fgemm`]; `acc` holds [`bf16_scratch`]`(isa, rows)` values.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn bf16_gemm(
     isa: Isa,
     w: &[u16],
@@ -385,11 +398,15 @@ pub unsafe fn bf16_gemm(
     k: usize,
     out: OutPtr,
     r0: usize,
+    acc: &mut [f32],
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if x86::has_bf16() => unsafe { x86::bf16_gemm_avx512(w, rows, x, k, out, r0) },
+        Isa::Avx512 if x86::has_bf16() => unsafe {
+            x86::bf16_gemm_avx512(w, rows, x, k, out, r0, acc)
+        },
         _ => {
+            let _ = acc;
             let f = |v: &u16| half::bf16::from_bits(*v).to_f32();
             for (t, xr) in x.chunks_exact(k).enumerate() {
                 for (r, wr) in w.chunks_exact(k).take(rows).enumerate() {

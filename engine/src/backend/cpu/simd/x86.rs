@@ -1538,19 +1538,32 @@ pub unsafe fn dequantize_bf16_avx512(dtype: DType, bytes: &[u8], out: &mut [u16]
     }
 }
 
+/// Lengths of the K slices of the bf16 GEMM: 4 activation rows × `BF_KB` bf16 values
+/// (8 KiB) stay in L1 while the panel's weight tiles pass over them from L2.
+const BF_KB: usize = 1024;
+
+/// Scratch f32 values [`bf16_gemm_avx512`] needs for a panel of `rows` rows: the
+/// accumulators of its 4×4 tiles between K slices.
+pub fn bf16_scratch(rows: usize) -> usize {
+    rows.div_ceil(4) * 256
+}
+
+/// Accumulates `x[c][k0..k1] · w[r][k0..k1]` of an `R × C` tile into `acc` (R·C vectors).
 #[inline(always)]
 unsafe fn bf16_tile<const R: usize, const C: usize>(
     w: *const u16,
     x: *const u16,
     k: usize,
-    out: OutPtr,
-    t0: usize,
-    n0: usize,
+    k0: usize,
+    k1: usize,
+    acc: *mut f32,
 ) {
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let mut i = 0;
-        while i < k {
+        let mut a: [[__m512; C]; R] = std::array::from_fn(|r| {
+            std::array::from_fn(|c| _mm512_loadu_ps(acc.add((r * C + c) * 16)))
+        });
+        let mut i = k0;
+        while i < k1 {
             let xv: [__m512bh; C] = std::array::from_fn(|c| {
                 std::mem::transmute(_mm512_loadu_si512(x.add(c * k + i) as *const __m512i))
             });
@@ -1558,14 +1571,31 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(
                 let wv: __m512bh =
                     std::mem::transmute(_mm512_loadu_si512(w.add(r * k + i) as *const __m512i));
                 for c in 0..C {
-                    acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
+                    a[r][c] = _mm512_dpbf16_ps(a[r][c], wv, xv[c]);
                 }
             }
             i += 32;
         }
+        for r in 0..R {
+            for c in 0..C {
+                _mm512_storeu_ps(acc.add((r * C + c) * 16), a[r][c]);
+            }
+        }
+    }
+}
+
+/// Writes the sums of an `R × C` tile's accumulators to `out[t0 + c][n0 + r]`.
+#[inline(always)]
+unsafe fn bf16_tile_out<const R: usize, const C: usize>(
+    acc: *const f32,
+    out: OutPtr,
+    t0: usize,
+    n0: usize,
+) {
+    unsafe {
         if R == 4 && C == 4 {
             // One transposing reduction for the 16 sums: lane r·4 + c is (r, c).
-            let v: [__m512; 16] = std::array::from_fn(|j| acc[j / 4][j % 4]);
+            let v: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(acc.add(j * 16)));
             let mut sums = [0.0f32; 16];
             _mm512_storeu_ps(sums.as_mut_ptr(), transpose_sum16(&v));
             for r in 0..R {
@@ -1576,7 +1606,8 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(
         } else {
             for r in 0..R {
                 for c in 0..C {
-                    out.write(t0 + c, n0 + r, _mm512_reduce_add_ps(acc[r][c]));
+                    let v = _mm512_loadu_ps(acc.add((r * C + c) * 16));
+                    out.write(t0 + c, n0 + r, _mm512_reduce_add_ps(v));
                 }
             }
         }
@@ -1584,10 +1615,13 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(
 }
 
 /// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` for bf16 weight rows `w` (`rows × k`) and bf16
-/// activation rows `x` (`t_rows × k`); `k` is a multiple of 32.
+/// activation rows `x` (`t_rows × k`); `k` is a multiple of 32. K-blocked: for each 4
+/// activation rows, each K slice of them stays in L1 while every weight tile of the panel
+/// passes; the tiles' accumulators wait in `acc` between slices.
 ///
 /// # Safety
-/// The CPU must have the AVX-512 level and [`has_bf16`]; output as in [`super::fgemm`].
+/// The CPU must have the AVX-512 level and [`has_bf16`]; `acc` holds
+/// [`bf16_scratch`]`(rows)` values; output as in [`super::fgemm`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
 pub unsafe fn bf16_gemm_avx512(
     w: &[u16],
@@ -1596,17 +1630,55 @@ pub unsafe fn bf16_gemm_avx512(
     k: usize,
     out: OutPtr,
     r0: usize,
+    acc: &mut [f32],
 ) {
-    assert!(k.is_multiple_of(32) && w.len() >= rows * k);
+    assert!(k.is_multiple_of(32) && w.len() >= rows * k && acc.len() >= bf16_scratch(rows));
     let t_rows = x.len() / k.max(1);
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    for_tiles(rows, t_rows, |r, c, nr, nc| unsafe {
-        let (w, x) = (wp.add(r * k), xp.add(c * k));
-        match (nr, nc) {
-            (4, 4) => bf16_tile::<4, 4>(w, x, k, out, c, r0 + r),
-            (4, _) => bf16_tile::<4, 1>(w, x, k, out, c, r0 + r),
-            (_, 4) => bf16_tile::<1, 4>(w, x, k, out, c, r0 + r),
-            _ => bf16_tile::<1, 1>(w, x, k, out, c, r0 + r),
+    let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
+    let mut c = 0;
+    while c < t_rows {
+        let nc = if t_rows - c >= 4 { 4 } else { 1 };
+        acc[..bf16_scratch(rows)].fill(0.0);
+        let mut k0 = 0;
+        while k0 < k {
+            let k1 = (k0 + BF_KB).min(k);
+            let mut r = 0;
+            while r < rows {
+                let nr = if rows - r >= 4 { 4 } else { 1 };
+                // Each tile owns 256 accumulator values (a 4×4 tile of 16 lanes).
+                let (wt, xt, at) = unsafe {
+                    (
+                        wp.add(r * k),
+                        xp.add(c * k),
+                        ap.add(r / 4 * 256 + (r % 4) * 64),
+                    )
+                };
+                unsafe {
+                    match (nr, nc) {
+                        (4, 4) => bf16_tile::<4, 4>(wt, xt, k, k0, k1, at),
+                        (4, _) => bf16_tile::<4, 1>(wt, xt, k, k0, k1, at),
+                        (_, 4) => bf16_tile::<1, 4>(wt, xt, k, k0, k1, at),
+                        _ => bf16_tile::<1, 1>(wt, xt, k, k0, k1, at),
+                    }
+                }
+                r += nr;
+            }
+            k0 = k1;
         }
-    });
+        let mut r = 0;
+        while r < rows {
+            let nr = if rows - r >= 4 { 4 } else { 1 };
+            let at = unsafe { ap.add(r / 4 * 256 + (r % 4) * 64) };
+            unsafe {
+                match (nr, nc) {
+                    (4, 4) => bf16_tile_out::<4, 4>(at, out, c, r0 + r),
+                    (4, _) => bf16_tile_out::<4, 1>(at, out, c, r0 + r),
+                    (_, 4) => bf16_tile_out::<1, 4>(at, out, c, r0 + r),
+                    _ => bf16_tile_out::<1, 1>(at, out, c, r0 + r),
+                }
+            }
+            r += nr;
+        }
+        c += nc;
+    }
 }

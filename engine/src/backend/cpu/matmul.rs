@@ -219,10 +219,14 @@ pub fn matmul(
         // of weight rows dequantised to bf16 once.
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
         let buf = &mut *guard;
-        buf.bf.resize(t_rows * k, 0);
-        simd::to_bf16(isa, x, &mut buf.bf);
+        let ld = simd::bf16_ld(isa, k);
+        buf.bf.resize(t_rows * ld, 0);
+        for (xr, o) in x.chunks_exact(k).zip(buf.bf.chunks_exact_mut(ld)) {
+            simd::to_bf16(isa, xr, &mut o[..k]);
+        }
         let xb = &buf.bf[..];
-        let panel = panel_rows(n_out, t_rows, threads, true);
+        // 32 weight rows (bf16: 32 × k × 2 bytes, in L2) per pass over the activations.
+        let panel = panel_rows(n_out, t_rows, threads, false);
         let items = n_out.div_ceil(panel);
         let dtype = w.dtype;
         pool.run(|ctx| {
@@ -234,11 +238,14 @@ pub fn matmul(
                 let n0 = i * panel;
                 let n1 = (n0 + panel).min(n_out);
                 let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
-                let half = ((n1 - n0) * k).div_ceil(2);
+                let half = ((n1 - n0) * ld).div_ceil(2);
                 let scratch = ctx.scratch.f32s(half + simd::bf16_scratch(isa, n1 - n0));
                 let (wb, acc) = scratch.split_at_mut(half);
-                let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(wb)[..(n1 - n0) * k];
-                simd::dequantize_bf16(isa, dtype, raw, wb);
+                let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(wb)[..(n1 - n0) * ld];
+                for (r, o) in wb.chunks_exact_mut(ld).enumerate() {
+                    let row = &raw[r * row_bytes..(r + 1) * row_bytes];
+                    simd::dequantize_bf16(isa, dtype, row, &mut o[..k]);
+                }
                 // SAFETY: output columns n0..n1 are this item's.
                 unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0, acc) };
                 add_bias(n0, n1);

@@ -372,6 +372,15 @@ pub fn dequantize_bf16(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [u16]) {
     }
 }
 
+/// The row stride of [`bf16_gemm`]'s operands of `k` values (`≥ k`).
+pub fn bf16_ld(isa: Isa, k: usize) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::bf16_ld(k),
+        _ => k,
+    }
+}
+
 /// Scratch f32 values [`bf16_gemm`] wants for a panel of `rows` weight rows.
 pub fn bf16_scratch(isa: Isa, rows: usize) -> usize {
     match isa {
@@ -384,8 +393,9 @@ pub fn bf16_scratch(isa: Isa, rows: usize) -> usize {
     }
 }
 
-/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` over bf16 weight rows (`rows × k`) and bf16
-/// activation rows, accumulated in f32; `k` is a multiple of 32.
+/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` over bf16 weight rows (`rows` of them) and bf16
+/// activation rows, both [`bf16_ld`] values apart, accumulated in f32; `k` is a multiple
+/// of 32.
 ///
 /// # Safety
 /// As [`fgemm`]; `acc` holds [`bf16_scratch`]`(isa, rows)` values.
@@ -400,16 +410,17 @@ pub unsafe fn bf16_gemm(
     r0: usize,
     acc: &mut [f32],
 ) {
+    let ld = bf16_ld(isa, k);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if x86::has_bf16() => unsafe {
-            x86::bf16_gemm_avx512(w, rows, x, k, out, r0, acc)
+            x86::bf16_gemm_avx512(w, rows, x, k, ld, out, r0, acc)
         },
         _ => {
             let _ = acc;
             let f = |v: &u16| half::bf16::from_bits(*v).to_f32();
-            for (t, xr) in x.chunks_exact(k).enumerate() {
-                for (r, wr) in w.chunks_exact(k).take(rows).enumerate() {
+            for (t, xr) in x.chunks_exact(ld).enumerate() {
+                for (r, wr) in w.chunks_exact(ld).take(rows).enumerate() {
                     let dot = wr.iter().zip(xr).map(|(a, b)| f(a) * f(b)).sum();
                     unsafe { out.write(t, r0 + r, dot) };
                 }

@@ -1542,6 +1542,17 @@ pub unsafe fn dequantize_bf16_avx512(dtype: DType, bytes: &[u8], out: &mut [u16]
 /// (8 KiB) stay in L1 while the panel's weight tiles pass over them from L2.
 const BF_KB: usize = 1024;
 
+/// The row stride of bf16 operands of `k` values: one cache line more than `k` when rows
+/// of `k` would start at the same offset in every 1 KiB (rows 4 KiB apart share L1 sets:
+/// the 16 weight rows and 4 activation rows of a slice would fight over 12 ways).
+pub fn bf16_ld(k: usize) -> usize {
+    if (k * 2).is_multiple_of(1024) {
+        k + 32
+    } else {
+        k
+    }
+}
+
 /// Scratch f32 values [`bf16_gemm_avx512`] needs for a panel of `rows` rows: the
 /// accumulators of its 4×4 tiles between K slices.
 pub fn bf16_scratch(rows: usize) -> usize {
@@ -1553,7 +1564,7 @@ pub fn bf16_scratch(rows: usize) -> usize {
 unsafe fn bf16_tile<const R: usize, const C: usize>(
     w: *const u16,
     x: *const u16,
-    k: usize,
+    ld: usize,
     k0: usize,
     k1: usize,
     acc: *mut f32,
@@ -1565,11 +1576,11 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(
         let mut i = k0;
         while i < k1 {
             let xv: [__m512bh; C] = std::array::from_fn(|c| {
-                std::mem::transmute(_mm512_loadu_si512(x.add(c * k + i) as *const __m512i))
+                std::mem::transmute(_mm512_loadu_si512(x.add(c * ld + i) as *const __m512i))
             });
             for r in 0..R {
                 let wv: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(w.add(r * k + i) as *const __m512i));
+                    std::mem::transmute(_mm512_loadu_si512(w.add(r * ld + i) as *const __m512i));
                 for c in 0..C {
                     a[r][c] = _mm512_dpbf16_ps(a[r][c], wv, xv[c]);
                 }
@@ -1614,8 +1625,9 @@ unsafe fn bf16_tile_out<const R: usize, const C: usize>(
     }
 }
 
-/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` for bf16 weight rows `w` (`rows × k`) and bf16
-/// activation rows `x` (`t_rows × k`); `k` is a multiple of 32. K-blocked: for each 4
+/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` for bf16 weight rows `w` (`rows` of them) and
+/// bf16 activation rows `x`, both `ld` values apart (`ld ≥ k`, see [`bf16_ld`]); `k` is a
+/// multiple of 32. K-blocked: for each 4
 /// activation rows, each K slice of them stays in L1 while every weight tile of the panel
 /// passes; the tiles' accumulators wait in `acc` between slices.
 ///
@@ -1628,12 +1640,14 @@ pub unsafe fn bf16_gemm_avx512(
     rows: usize,
     x: &[u16],
     k: usize,
+    ld: usize,
     out: OutPtr,
     r0: usize,
     acc: &mut [f32],
 ) {
-    assert!(k.is_multiple_of(32) && w.len() >= rows * k && acc.len() >= bf16_scratch(rows));
-    let t_rows = x.len() / k.max(1);
+    assert!(k.is_multiple_of(32) && ld >= k && acc.len() >= bf16_scratch(rows));
+    assert!(w.len() >= rows * ld && x.len().is_multiple_of(ld.max(1)));
+    let t_rows = x.len() / ld.max(1);
     let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
     let mut c = 0;
     while c < t_rows {
@@ -1648,17 +1662,17 @@ pub unsafe fn bf16_gemm_avx512(
                 // Each tile owns 256 accumulator values (a 4×4 tile of 16 lanes).
                 let (wt, xt, at) = unsafe {
                     (
-                        wp.add(r * k),
-                        xp.add(c * k),
+                        wp.add(r * ld),
+                        xp.add(c * ld),
                         ap.add(r / 4 * 256 + (r % 4) * 64),
                     )
                 };
                 unsafe {
                     match (nr, nc) {
-                        (4, 4) => bf16_tile::<4, 4>(wt, xt, k, k0, k1, at),
-                        (4, _) => bf16_tile::<4, 1>(wt, xt, k, k0, k1, at),
-                        (_, 4) => bf16_tile::<1, 4>(wt, xt, k, k0, k1, at),
-                        _ => bf16_tile::<1, 1>(wt, xt, k, k0, k1, at),
+                        (4, 4) => bf16_tile::<4, 4>(wt, xt, ld, k0, k1, at),
+                        (4, _) => bf16_tile::<4, 1>(wt, xt, ld, k0, k1, at),
+                        (_, 4) => bf16_tile::<1, 4>(wt, xt, ld, k0, k1, at),
+                        _ => bf16_tile::<1, 1>(wt, xt, ld, k0, k1, at),
                     }
                 }
                 r += nr;

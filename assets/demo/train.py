@@ -1062,7 +1062,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=here, help="where the checkpoint goes (default: this folder)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=450)
+    ap.add_argument("--steps", type=int, default=2600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--width", type=int, default=256)
@@ -1071,7 +1071,7 @@ def main():
     ap.add_argument("--vit-width", type=int, default=192)
     ap.add_argument("--vit-layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--init", metavar="DIR",
                     help="start from this checkpoint's weights (a continuation run) instead of random")

@@ -206,6 +206,25 @@ fn tower_source(src: &dyn TensorSource, spec: &VisionSpec) -> Result<(Option<Che
     Ok((Some(tower), prefix.to_string()))
 }
 
+/// The decoder on `be`; the vision tower and projector (if any) on `vision_be`, with their
+/// weight bytes.
+type Parts<B, V> = (Box<dyn Decoder<B>>, Option<Vision<V>>, usize);
+
+fn load_parts<B: Backend, V: Backend>(
+    be: &B,
+    vision_be: &V,
+    spec: &ModelSpec,
+    src: &dyn TensorSource,
+    quant: QuantPolicy,
+    context_len: usize,
+) -> Result<Parts<B, V>> {
+    let llm_w = WeightLoader::new(src, be).with_quant(quant.llm);
+    let decoder = load_decoder(be, &spec.llm, &llm_w, context_len)?;
+    let vision = load_vision(vision_be, spec, src, quant.vision)?;
+    let bytes = vision.as_ref().map_or(0, Vision::weight_bytes);
+    Ok((decoder, vision, bytes))
+}
+
 /// Loads the vision tower and projector of `spec` (if it has them) onto `be`.
 fn load_vision<V: Backend>(
     be: &V,
@@ -316,14 +335,7 @@ impl<B: Backend> Vlm<B> {
         quant: QuantPolicy,
         context_len: usize,
     ) -> Result<Self> {
-        let decoder = load_decoder(
-            &be,
-            &spec.llm,
-            &WeightLoader::new(src, &be).with_quant(quant.llm),
-            context_len,
-        )?;
-        let vision = load_vision(&be, spec, src, quant.vision)?;
-        let vision_bytes = vision.as_ref().map_or(0, Vision::weight_bytes);
+        let (decoder, vision, vision_bytes) = load_parts(&be, &be, spec, src, quant, context_len)?;
         Ok(Self::assemble(
             be,
             decoder,
@@ -347,14 +359,8 @@ impl<B: Backend> Vlm<B> {
         quant: QuantPolicy,
         context_len: usize,
     ) -> Result<Self> {
-        let decoder = load_decoder(
-            &be,
-            &spec.llm,
-            &WeightLoader::new(src, &be).with_quant(quant.llm),
-            context_len,
-        )?;
-        let vision = load_vision(&vision_be, spec, src, quant.vision)?;
-        let vision_bytes = vision.as_ref().map_or(0, Vision::weight_bytes);
+        let (decoder, vision, vision_bytes) =
+            load_parts(&be, &vision_be, spec, src, quant, context_len)?;
         let runner = match vision {
             None => None,
             Some(v) => {

@@ -58,6 +58,27 @@ fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> u
     rows.div_ceil(TILE_R) * TILE_R
 }
 
+/// Runs `f(ctx, n0, n1)` on the pool for every panel `n0..n1` of `panel` output features,
+/// each claimed once from the pool's counter.
+fn for_panels(
+    pool: &ThreadPool,
+    n_out: usize,
+    panel: usize,
+    f: impl Fn(&mut super::pool::Ctx, usize, usize) + Sync,
+) {
+    let items = n_out.div_ceil(panel);
+    pool.run(|ctx| {
+        loop {
+            let i = ctx.next();
+            if i >= items {
+                break;
+            }
+            let n0 = i * panel;
+            f(ctx, n0, (n0 + panel).min(n_out));
+        }
+    });
+}
+
 /// Whether this weight takes the integer path.
 pub fn uses_int8(w: &HostTensor) -> bool {
     let (_, k) = w.rows_cols();
@@ -227,82 +248,64 @@ pub fn matmul(
         let xb = &buf.bf[..];
         // 32 weight rows (bf16: 32 × k × 2 bytes, in L2) per pass over the activations.
         let panel = panel_rows(n_out, t_rows, threads, false);
-        let items = n_out.div_ceil(panel);
         let dtype = w.dtype;
-        pool.run(|ctx| {
-            loop {
-                let i = ctx.next();
-                if i >= items {
-                    break;
-                }
-                let n0 = i * panel;
-                let n1 = (n0 + panel).min(n_out);
-                let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
-                let half = ((n1 - n0) * ld).div_ceil(2);
-                let scratch = ctx.scratch.f32s(half + simd::bf16_scratch(isa, n1 - n0));
-                let (wb, acc) = scratch.split_at_mut(half);
-                let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(wb)[..(n1 - n0) * ld];
-                for (r, o) in wb.chunks_exact_mut(ld).enumerate() {
-                    let row = &raw[r * row_bytes..(r + 1) * row_bytes];
-                    simd::dequantize_bf16(isa, dtype, row, &mut o[..k]);
-                }
-                // SAFETY: output columns n0..n1 are this item's.
-                unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0, acc) };
-                add_bias(n0, n1);
+        for_panels(pool, n_out, panel, |ctx, n0, n1| {
+            let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
+            let half = ((n1 - n0) * ld).div_ceil(2);
+            let scratch = ctx.scratch.f32s(half + simd::bf16_scratch(isa, n1 - n0));
+            let (wb, acc) = scratch.split_at_mut(half);
+            let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(wb)[..(n1 - n0) * ld];
+            for (r, o) in wb.chunks_exact_mut(ld).enumerate() {
+                let row = &raw[r * row_bytes..(r + 1) * row_bytes];
+                simd::dequantize_bf16(isa, dtype, row, &mut o[..k]);
             }
+            // SAFETY: output columns n0..n1 are this item's.
+            unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0, acc) };
+            add_bias(n0, n1);
         });
         return;
     }
 
     let panel = panel_rows(n_out, t_rows, threads, false);
-    let items = n_out.div_ceil(panel);
     let dtype = w.dtype;
-    pool.run(|ctx| {
-        loop {
-            let i = ctx.next();
-            if i >= items {
-                break;
-            }
-            let n0 = i * panel;
-            let n1 = (n0 + panel).min(n_out);
-            let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
-            // SAFETY: output columns n0..n1 are this item's.
-            if !dtype.is_quantized()
-                && unsafe { simd::fgemm_native(isa, dtype, raw, n1 - n0, x, k, outp, n0) }
-            {
-                add_bias(n0, n1);
-                continue;
-            }
-            let extra = simd::panel_scratch(isa, n1 - n0);
-            let panel_len = if dtype == DType::F32 {
-                0
-            } else {
-                (n1 - n0) * k
-            };
-            let buf = ctx.scratch.f32s(panel_len + extra);
-            let (panel, acc) = buf.split_at_mut(panel_len);
-            let rows: &[f32] = if dtype == DType::F32 {
-                bytemuck::cast_slice(raw)
-            } else {
-                if dtype.is_quantized() {
-                    for (r, o) in panel.chunks_exact_mut(k).enumerate() {
-                        simd::dequantize(isa, dtype, &raw[r * row_bytes..(r + 1) * row_bytes], o);
-                    }
-                } else {
-                    convert_to_f32(dtype, raw, panel);
-                }
-                panel
-            };
-            // SAFETY: output columns n0..n1 are this item's.
-            unsafe {
-                if t_rows >= DEQUANT_MIN_ROWS {
-                    simd::fgemm_panel(isa, rows, n1 - n0, x, k, outp, n0, acc);
-                } else {
-                    simd::fgemm(isa, rows, n1 - n0, x, k, outp, n0);
-                }
-            }
+    for_panels(pool, n_out, panel, |ctx, n0, n1| {
+        let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
+        // SAFETY: output columns n0..n1 are this item's.
+        if !dtype.is_quantized()
+            && unsafe { simd::fgemm_native(isa, dtype, raw, n1 - n0, x, k, outp, n0) }
+        {
             add_bias(n0, n1);
+            return;
         }
+        let extra = simd::panel_scratch(isa, n1 - n0);
+        let panel_len = if dtype == DType::F32 {
+            0
+        } else {
+            (n1 - n0) * k
+        };
+        let buf = ctx.scratch.f32s(panel_len + extra);
+        let (panel, acc) = buf.split_at_mut(panel_len);
+        let rows: &[f32] = if dtype == DType::F32 {
+            bytemuck::cast_slice(raw)
+        } else {
+            if dtype.is_quantized() {
+                for (r, o) in panel.chunks_exact_mut(k).enumerate() {
+                    simd::dequantize(isa, dtype, &raw[r * row_bytes..(r + 1) * row_bytes], o);
+                }
+            } else {
+                convert_to_f32(dtype, raw, panel);
+            }
+            panel
+        };
+        // SAFETY: output columns n0..n1 are this item's.
+        unsafe {
+            if t_rows >= DEQUANT_MIN_ROWS {
+                simd::fgemm_panel(isa, rows, n1 - n0, x, k, outp, n0, acc);
+            } else {
+                simd::fgemm(isa, rows, n1 - n0, x, k, outp, n0);
+            }
+        }
+        add_bias(n0, n1);
     });
 }
 

@@ -213,10 +213,7 @@ pub fn run(
     let mut r = BenchReport {
         model: name.to_string(),
         backend: model.backend_name(),
-        adapter: model
-            .backend_name()
-            .strip_prefix("gpu: ")
-            .map(str::to_string),
+        adapter: model.adapter(),
         vision_backend: model.vision_backend_name(),
         threads: bw_backend.threads(),
         isa: bw_backend.isa().name().to_string(),

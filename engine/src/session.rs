@@ -569,10 +569,7 @@ impl Session {
             context_len,
             vocab_size: cfg.vocab_size,
             image_tokens: model.image_tokens(),
-            adapter: model
-                .backend_name()
-                .strip_prefix("gpu: ")
-                .map(str::to_string),
+            adapter: model.adapter(),
             backend: model.backend_name(),
             vision_backend: model.vision_backend_name(),
             auto_choice: auto_note,

@@ -149,6 +149,12 @@ pub trait Model: Send {
         self.weight_bytes()
     }
     fn backend_name(&self) -> String;
+    /// The GPU adapter the language model runs on (`None` on the CPU).
+    fn adapter(&self) -> Option<String> {
+        self.backend_name()
+            .strip_prefix("gpu: ")
+            .map(str::to_string)
+    }
     /// The vision tower's backend when it differs from the language model's.
     fn vision_backend_name(&self) -> Option<String> {
         None

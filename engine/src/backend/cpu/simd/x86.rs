@@ -1544,7 +1544,7 @@ const BF_KB: usize = 1024;
 
 /// The row stride of bf16 operands of `k` values: one cache line more than `k` when rows
 /// of `k` would start at the same offset in every 1 KiB (rows 4 KiB apart share L1 sets:
-/// the 16 weight rows and 4 activation rows of a slice would fight over 12 ways).
+/// a slice's weight rows and 4 activation rows would fight over 12 ways).
 pub fn bf16_ld(k: usize) -> usize {
     if (k * 2).is_multiple_of(1024) {
         k + 32

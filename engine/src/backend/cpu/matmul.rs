@@ -4,7 +4,9 @@
 //!   quantised once per call (by the calling thread) to int16 per 32-block (default: as
 //!   accurate as f32 activations on real models) or int8 as ggml does (`POCKETVLM_ACT=int8`),
 //!   and the SIMD integer kernels dot them with the weight blocks as stored — every weight
-//!   byte is read once per call.
+//!   byte is read once per call. For one row (decode) the x86 kernels reduce 16 (8) blocks'
+//!   integer dots together before scaling them (see `simd::x86`); on AVX-512 the row is
+//!   also handed over in pair order (`simd::pair_blocks16`).
 //! - Quantised weights, from [`DEQUANT_MIN_ROWS`] rows on (prefill, vision): compute-bound,
 //!   so each task dequantises its panel of weight rows to f32 once (SIMD) and runs the float
 //!   tiles below over every activation row — fewer instructions per multiply than per-block
@@ -30,6 +32,8 @@ use crate::tensor::{DType, HostTensor, convert_to_f32};
 pub struct ActBuf {
     qs: Vec<i8>,
     qs16: Vec<i16>,
+    /// One int16 row again in the decode kernel's pair order (see `simd::pair_blocks16`).
+    qs16p: Vec<i16>,
     d: Vec<f32>,
     s: Vec<f32>,
     /// Activation rows in bf16 (prefill of quantised weights).
@@ -190,6 +194,12 @@ pub fn matmul(
             }
         };
         quantize(0..t_rows);
+        let pairs = wide && t_rows == 1 && simd::wants_pairs16(isa);
+        if pairs {
+            buf.qs16p.resize(nb / 2 * 2 * QK, 0);
+            simd::pair_blocks16(&buf.qs16[..k], &mut buf.qs16p);
+        }
+        let paired: &[i16] = if pairs { &buf.qs16p } else { &[] };
         let panel = panel_rows(n_out, t_rows, threads, true);
         let items = n_out.div_ceil(panel);
         pool.run(|ctx| {
@@ -217,6 +227,7 @@ pub fn matmul(
                             d: dd,
                             s: ss,
                             nb,
+                            paired,
                         };
                         simd::qgemm16(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
                     } else {
@@ -401,6 +412,11 @@ mod tests {
                             (2, 9, 32),
                             (9, 130, 256),
                             (1, 258, 2048),
+                            // Decode in groups of 16 blocks: one group and a block, two
+                            // groups and three blocks (a pair and one), exactly one group.
+                            (1, 19, 544),
+                            (1, 5, 1120),
+                            (1, 3, 512),
                             // Prefill over several K slices of the bf16 GEMM, ragged rows.
                             (10, 37, 2080),
                         ]

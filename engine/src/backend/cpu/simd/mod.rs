@@ -20,6 +20,7 @@ pub mod neon;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+use crate::quant::QK;
 use crate::tensor::DType;
 
 /// An instruction-set level; later variants are faster on the machines that have them.
@@ -123,11 +124,49 @@ pub struct Q16Acts<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub nb: usize,
+    /// A single row's blocks again in the decode kernel's pair order ([`pair_blocks16`]),
+    /// where [`wants_pairs16`] says the kernel reads it; empty otherwise.
+    pub paired: &'a [i16],
 }
 
-impl Q16Acts<'_> {
+/// Whether this level's decode kernel (one activation row, int16) reads the activations in
+/// the pair order of [`pair_blocks16`] as well.
+pub fn wants_pairs16(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        return true;
+    }
+    let _ = isa;
+    false
+}
+
+/// One int16 activation row in pair order: for blocks 2p and 2p+1, elements 0–15 of both,
+/// then elements 16–31 of both — the order in which one load of 32 bytes of the two
+/// blocks' Q4 nibbles widens (low nibbles, then high). An odd last block is left out.
+pub fn pair_blocks16(q: &[i16], out: &mut [i16]) {
+    const H: usize = QK / 2;
+    for (src, dst) in q.chunks_exact(2 * QK).zip(out.chunks_exact_mut(2 * QK)) {
+        dst[..H].copy_from_slice(&src[..H]);
+        dst[H..2 * H].copy_from_slice(&src[2 * H..3 * H]);
+        dst[2 * H..3 * H].copy_from_slice(&src[H..2 * H]);
+        dst[3 * H..].copy_from_slice(&src[3 * H..]);
+    }
+}
+
+impl<'a> Q16Acts<'a> {
     pub fn rows(&self) -> usize {
         self.d.len().checked_div(self.nb).unwrap_or(0)
+    }
+
+    /// A single row's blocks from `first` on (in element order only).
+    pub fn blocks_from(&self, first: usize) -> Q16Acts<'a> {
+        Q16Acts {
+            qs: &self.qs[first * QK..self.nb * QK],
+            d: &self.d[first..self.nb],
+            s: &self.s[first..self.nb],
+            nb: self.nb - first,
+            paired: &[],
+        }
     }
 }
 

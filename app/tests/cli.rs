@@ -250,8 +250,8 @@ fn vision_commands_follow_the_contract() {
     );
 }
 
-/// The README's quick start: the bundled demo model answers about a bundled sample image,
-/// in the sentence form it was trained on (its accuracy is `tests/e2e/demo.rs`'s business).
+/// The README's quick start: the bundled demo model answers a question about a bundled
+/// sample image correctly (its accuracy overall is `tests/e2e/demo.rs`'s business).
 #[test]
 fn run_answers_with_the_demo_model_about_a_sample_image() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -268,9 +268,6 @@ fn run_answers_with_the_demo_model_about_a_sample_image() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let answer = text(&out.stdout);
-    assert!(
-        answer.trim().starts_with("The circle is ") && answer.trim().ends_with('.'),
-        "{answer:?}"
-    );
+    assert_eq!(answer.trim(), "The circle is blue.");
     assert!(text(&out.stderr).contains("stop: end of sequence"));
 }

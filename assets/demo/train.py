@@ -1092,7 +1092,7 @@ def main():
     ap.add_argument("--turns", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
                     help="question/answer turns per training scene")
     ap.add_argument("--probe-weight", type=float, default=0.5,
-                    help="weight of the training-only per-cell colour/kind loss")
+                    help="weight of the training-only per-row colour/kind/place loss")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                     help="compute precision of the forward pass (bf16: autocast with fp32 "
                          "master weights, about twice as fast on CPUs with AVX-512 BF16 or AMX)")

@@ -1071,8 +1071,8 @@ unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: u
 }
 
 /// How far ahead of its group the decode kernel prefetches the weight stream: the
-/// hardware prefetcher stops at 4 KiB pages; with this, 1.4B Q4_0 decode went from 47–49
-/// to 52–53 tok/s on the 2-core dev VM (1024 bytes ahead: 49; 4096: 53).
+/// hardware prefetcher stops at 4 KiB pages. On the 2-core dev VM, 1.4B Q4_0 decode ran at
+/// 47.4–48.6 tok/s without it and 48.8–52.6 with it (1024 bytes ahead: 49.2; 4096: 53.0).
 const PREFETCH_AHEAD: usize = 2048;
 
 /// A weight format whose blocks widen two at a time into the pair order of

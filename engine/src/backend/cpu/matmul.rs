@@ -11,6 +11,10 @@
 //!   so each task dequantises its panel of weight rows to f32 once (SIMD) and runs the float
 //!   tiles below over every activation row — fewer instructions per multiply than per-block
 //!   integer dots with their scale handling, and exact.
+//! - Q4_0/Q4_1 weights with int8 activations (`POCKETVLM_ACT=int8`, ggml's numerics) from
+//!   [`DEQUANT_MIN_ROWS`] rows on, on AVX-512 VNNI: each task repacks its 32 weight rows
+//!   into 16-row groups whose lanes are output columns (`simd::vnni`), so one `vpdpbusd`
+//!   does 64 useful multiplies and nothing is reduced across lanes.
 //! - Float weights (F32, F16, BF16): each task converts its panel of weight rows to f32
 //!   once (in its scratch arena; F32 rows are used in place) and multiplies it with every
 //!   activation row in register tiles.
@@ -38,6 +42,8 @@ pub struct ActBuf {
     s: Vec<f32>,
     /// Activation rows in bf16 (prefill of quantised weights).
     bf: Vec<u16>,
+    /// Per-block integer start values of the int8 prefill GEMM (`simd::i8_gemm_offsets`).
+    init: Vec<i32>,
 }
 
 #[derive(Clone, Copy)]
@@ -48,6 +54,9 @@ unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// Activation rows from which quantised weights are dequantised to f32 panels.
 pub const DEQUANT_MIN_ROWS: usize = 8;
+
+/// Weight rows per work item of the int8 prefill GEMM (two of its 16-row groups).
+const I8_PANEL_ROWS: usize = 32;
 
 /// Output features per work item.
 fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> usize {
@@ -194,6 +203,30 @@ pub fn matmul(
             }
         };
         quantize(0..t_rows);
+        if !wide && t_rows >= DEQUANT_MIN_ROWS && simd::has_i8_gemm(isa, w.dtype) {
+            // Prefill with int8 activations: each task repacks its panel of weight rows
+            // once for the VNNI GEMM (see `simd::vnni`) and runs every activation row.
+            let a = Q8Acts {
+                qs: &buf.qs[..t_rows * k],
+                d: &buf.d[..t_rows * nb],
+                s: &buf.s[..t_rows * nb],
+                nb,
+            };
+            let dtype = w.dtype;
+            simd::i8_gemm_offsets(isa, dtype, a.qs, &mut buf.init);
+            let init = &buf.init[..];
+            for_panels(pool, n_out, I8_PANEL_ROWS, |ctx, n0, n1| {
+                let len = simd::i8_packed_len(isa, n1 - n0, nb);
+                let scratch = ctx.scratch.f32s(len.div_ceil(4));
+                let packed: &mut [u8] = &mut bytemuck::cast_slice_mut(scratch)[..len];
+                let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
+                simd::pack_i8_gemm(isa, dtype, raw, row_bytes, n1 - n0, nb, packed);
+                // SAFETY: output columns n0..n1 are this item's.
+                unsafe { simd::i8_gemm(isa, dtype, packed, n1 - n0, a, init, outp, n0) };
+                add_bias(n0, n1);
+            });
+            return;
+        }
         let pairs = wide && t_rows == 1 && simd::wants_pairs16(isa);
         if pairs {
             buf.qs16p.resize(nb / 2 * 2 * QK, 0);
@@ -419,6 +452,10 @@ mod tests {
                             (1, 3, 512),
                             // Prefill over several K slices of the bf16 GEMM, ragged rows.
                             (10, 37, 2080),
+                            // The int8 prefill GEMM: 6-row tiles and a tail of 1, a
+                            // 16-row group pair, a lone group and a ragged last group.
+                            (13, 45, 96),
+                            (8, 16, 32),
                         ]
                     } else {
                         &[

@@ -18,6 +18,8 @@ pub mod generic;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 #[cfg(target_arch = "x86_64")]
+pub mod vnni;
+#[cfg(target_arch = "x86_64")]
 pub mod x86;
 
 use crate::quant::QK;
@@ -464,6 +466,91 @@ pub unsafe fn bf16_gemm(
                     unsafe { out.write(t, r0 + r, dot) };
                 }
             }
+        }
+    }
+}
+
+/// Whether [`i8_gemm`] has a kernel here for `dtype` weights (AVX-512 VNNI; Q4_0, Q4_1):
+/// the prefill of int8 activations uses it when it does.
+pub fn has_i8_gemm(isa: Isa, dtype: DType) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => vnni::supports(dtype),
+        _ => {
+            let _ = dtype;
+            false
+        }
+    }
+}
+
+/// Bytes of the packed panel [`pack_i8_gemm`] writes for `rows` weight rows of `nb` blocks.
+pub fn i8_packed_len(isa: Isa, rows: usize, nb: usize) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => vnni::packed_len(rows, nb),
+        _ => {
+            let _ = (rows, nb);
+            0
+        }
+    }
+}
+
+/// Repacks a panel of weight rows for [`i8_gemm`] (only where [`has_i8_gemm`]).
+pub fn pack_i8_gemm(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    nb: usize,
+    out: &mut [u8],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => vnni::pack_q4(dtype, w, row_bytes, rows, nb, out),
+        _ => {
+            let _ = (dtype, w, row_bytes, rows, nb, out);
+            unreachable!("pack_i8_gemm without has_i8_gemm")
+        }
+    }
+}
+
+/// The per-block integer start values [`i8_gemm`] wants for activations `qs` against
+/// `dtype` weights (Q4_0's offset).
+pub fn i8_gemm_offsets(isa: Isa, dtype: DType, qs: &[i8], out: &mut Vec<i32>) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => vnni::offset_sums(dtype, qs, out),
+        _ => {
+            let _ = (dtype, qs);
+            out.clear()
+        }
+    }
+}
+
+/// `out[t][r0 + r] = w_r · x_t` for a panel of `dtype` weights packed by [`pack_i8_gemm`]
+/// and int8 activation rows with their [`i8_gemm_offsets`] `init` (only where
+/// [`has_i8_gemm`]).
+///
+/// # Safety
+/// As [`qgemm`]; `packed` must come from [`pack_i8_gemm`] with these `rows` and `acts.nb`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn i8_gemm(
+    isa: Isa,
+    dtype: DType,
+    packed: &[u8],
+    rows: usize,
+    acts: Q8Acts,
+    init: &[i32],
+    out: OutPtr,
+    r0: usize,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { vnni::gemm(dtype, packed, rows, acts, init, out, r0) },
+        _ => {
+            let _ = (dtype, packed, rows, acts, init, out, r0);
+            unreachable!("i8_gemm without has_i8_gemm")
         }
     }
 }

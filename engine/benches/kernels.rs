@@ -96,8 +96,10 @@ const N_CACHED: usize = 1024;
 /// not far above `matvec`'s figure, decode is bound by the kernel, not by memory.
 #[divan::bench(args = [DType::Q4_0, DType::Q4_1, DType::Q8_0], sample_count = 30)]
 fn matvec_in_cache(bencher: Bencher, dtype: DType) {
-    let (be, _, x, _) = setup(dtype, 1);
+    let be = CpuBackend::new(None).expect("backend");
     let w = weight_rows(dtype, N_CACHED);
+    let mut x = be.tensor(1, K);
+    be.write(&mut x, &vec![0.5; K]);
     let mut out = be.tensor(1, N_CACHED);
     let bytes = w.bytes().len();
     bencher

@@ -880,6 +880,35 @@ trait Fmt16 {
     const OFFSET: i16;
     /// d and m.
     unsafe fn scales(p: *const u8) -> (f32, f32);
+    /// The block's 32 weights as i16 (elements 0–15, then 16–31), before `OFFSET`.
+    #[inline(always)]
+    unsafe fn words(p: *const u8) -> (__m256i, __m256i) {
+        unsafe {
+            let raw = Self::bytes(p);
+            let (lo, hi) = (
+                _mm256_castsi256_si128(raw),
+                _mm256_extracti128_si256::<1>(raw),
+            );
+            if Self::SIGNED {
+                (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
+            } else {
+                (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
+            }
+        }
+    }
+}
+
+/// A Q4 block's 16 nibble bytes at `p` as i16: low nibbles (elements 0–15), high nibbles
+/// (16–31) — one widening instead of a split, an insert, an extract and two widenings.
+#[inline(always)]
+unsafe fn nibble_words(p: *const u8) -> (__m256i, __m256i) {
+    unsafe {
+        let z = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
+        (
+            _mm256_and_si256(z, _mm256_set1_epi16(0x0F)),
+            _mm256_srli_epi16::<4>(z),
+        )
+    }
 }
 
 impl Fmt16 for Q40 {
@@ -890,6 +919,10 @@ impl Fmt16 for Q40 {
     #[inline(always)]
     unsafe fn bytes(p: *const u8) -> __m256i {
         unsafe { nibbles256(_mm_loadu_si128(p.add(2) as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn words(p: *const u8) -> (__m256i, __m256i) {
+        unsafe { nibble_words(p.add(2)) }
     }
     #[inline(always)]
     unsafe fn scales(p: *const u8) -> (f32, f32) {
@@ -905,6 +938,10 @@ impl Fmt16 for Q41 {
     #[inline(always)]
     unsafe fn bytes(p: *const u8) -> __m256i {
         unsafe { nibbles256(_mm_loadu_si128(p.add(4) as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn words(p: *const u8) -> (__m256i, __m256i) {
+        unsafe { nibble_words(p.add(4)) }
     }
     #[inline(always)]
     unsafe fn scales(p: *const u8) -> (f32, f32) {
@@ -1501,17 +1538,28 @@ unsafe fn transpose_sum8_epi32(v: &[__m256i; 8]) -> __m256i {
     }
 }
 
-/// The low 16 bits of each of 8 lanes (f16 values) as f32.
+/// The f16 heads of the 8 blocks from `p`: d, and (Q4_1) m, 8 values each. Packed in
+/// general-purpose registers — integer ports a SIMD kernel leaves idle — rather than by a
+/// gather, which was the AVX2 decode kernel's most expensive instruction.
 #[inline(always)]
-unsafe fn low_f16_to_f32(v: __m256i) -> __m256 {
+unsafe fn heads8<F: Fmt16>(p: *const u8) -> (__m128i, __m128i) {
     unsafe {
-        let packed = _mm256_packus_epi32(
-            _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)),
-            _mm256_setzero_si256(),
-        );
-        _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64::<
-            0b11_01_10_00,
-        >(packed)))
+        let four = |at: usize| -> i64 {
+            let h = |j: usize| (p.add(j * F::BYTES + at) as *const u16).read_unaligned() as u64;
+            (h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48) as i64
+        };
+        let half = |at: usize| -> i64 {
+            let h =
+                |j: usize| (p.add((4 + j) * F::BYTES + at) as *const u16).read_unaligned() as u64;
+            (h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48) as i64
+        };
+        let d = _mm_set_epi64x(half(0), four(0));
+        let m = if F::MIN {
+            _mm_set_epi64x(half(2), four(2))
+        } else {
+            _mm_setzero_si128()
+        };
+        (d, m)
     }
 }
 
@@ -1525,10 +1573,6 @@ unsafe fn q16row256_grouped<F: Fmt16>(w: *const u8, acts: &super::Q16Acts) -> f3
         let nb = acts.nb;
         let groups = nb / 8;
         let qs = acts.qs.as_ptr();
-        let offsets = _mm256_mullo_epi32(
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            _mm256_set1_epi32(F::BYTES as i32),
-        );
         let offset = _mm256_set1_ps(F::OFFSET as f32);
         let mut acc = _mm256_setzero_ps();
         for g in 0..groups {
@@ -1536,16 +1580,7 @@ unsafe fn q16row256_grouped<F: Fmt16>(w: *const u8, acts: &super::Q16Acts) -> f3
             let mut v = [_mm256_setzero_si256(); 8];
             for (j, vj) in v.iter_mut().enumerate() {
                 let b = b0 + j;
-                let raw = F::bytes(w.add(b * F::BYTES));
-                let (lo, hi) = (
-                    _mm256_castsi256_si128(raw),
-                    _mm256_extracti128_si256::<1>(raw),
-                );
-                let (w0, w1) = if F::SIGNED {
-                    (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
-                } else {
-                    (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
-                };
+                let (w0, w1) = F::words(w.add(b * F::BYTES));
                 let a = qs.add(b * QK) as *const __m256i;
                 *vj = _mm256_add_epi32(
                     _mm256_madd_epi16(w0, _mm256_loadu_si256(a)),
@@ -1555,9 +1590,8 @@ unsafe fn q16row256_grouped<F: Fmt16>(w: *const u8, acts: &super::Q16Acts) -> f3
             let dot = _mm256_cvtepi32_ps(transpose_sum8_epi32(&v));
             let dx = _mm256_loadu_ps(acts.d.as_ptr().add(b0));
             let sx = _mm256_loadu_ps(acts.s.as_ptr().add(b0));
-            // Each block's first 4 bytes: d (and Q4_1's m) as f16.
-            let head = _mm256_i32gather_epi32::<1>(w.add(b0 * F::BYTES) as _, offsets);
-            let dw = low_f16_to_f32(head);
+            let (d16, m16) = heads8::<F>(w.add(b0 * F::BYTES));
+            let dw = _mm256_cvtph_ps(d16);
             // Σ d_w (q − offset) · d_x a = d_w · (d_x Σ q a − offset · s).
             let t = if F::OFFSET != 0 {
                 _mm256_fmsub_ps(dot, dx, _mm256_mul_ps(offset, sx))
@@ -1566,8 +1600,7 @@ unsafe fn q16row256_grouped<F: Fmt16>(w: *const u8, acts: &super::Q16Acts) -> f3
             };
             acc = _mm256_fmadd_ps(dw, t, acc);
             if F::MIN {
-                let m = low_f16_to_f32(_mm256_srli_epi32::<16>(head));
-                acc = _mm256_fmadd_ps(m, sx, acc);
+                acc = _mm256_fmadd_ps(_mm256_cvtph_ps(m16), sx, acc);
             }
         }
         let mut sum = hsum_256(acc);

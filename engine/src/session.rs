@@ -998,11 +998,16 @@ impl Session {
         on_token: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<Generation> {
         self.kv.clear();
-        generate::generate(
+        let opts = GenerateOptions {
+            prefill_chunk: self.prefill_chunk,
+            ..Default::default()
+        };
+        generate::generate_with(
             self.model.as_mut(),
             &[Segment::Tokens(prompt)],
             params,
             &self.stop_ids,
+            &opts,
             cancelled,
             on_token,
         )

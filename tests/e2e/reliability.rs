@@ -404,9 +404,14 @@ fn cancel_of_a_queued_load_through_the_engine() {
 
 #[test]
 fn cancel_during_prefill_stops_between_chunks() {
-    let mut session = Session::load(&fixture("llama_mha"), &LoadOptions::default()).unwrap();
+    let opts = LoadOptions {
+        prefill_chunk: Some(128),
+        ..Default::default()
+    };
+    let mut session = Session::load(&fixture("llama_mha"), &opts).unwrap();
     let reference = Reference::open(&fixture("llama_mha"));
-    // A 200-token prompt is prefilled in two chunks; the cancel arrives after the first.
+    // A 200-token prompt is prefilled in two chunks of 128; the cancel arrives after the
+    // first.
     let ids: Vec<u32> = reference
         .ids("input_ids")
         .into_iter()

@@ -108,10 +108,15 @@ fn llama_gguf_matches_the_hugging_face_layout() {
             ids,
             "{name}"
         );
-        // Permuted Q/K with interleaved RoPE give the HF layout's logits.
+        // Permuted Q/K with interleaved RoPE give the HF layout's logits. Quantised
+        // weights prefill with bf16 activations (on CPUs with AVX-512 BF16): the permuted
+        // head dimension sums q·k in another order, and a last-bit difference can round an
+        // activation to the neighbouring bf16 value (2⁻⁸ apart), so they agree to bf16's
+        // resolution; a wrong layout is off by the logits' own size.
         let (a, b) = (gguf.logits(&ids).unwrap(), hf.logits(&ids).unwrap());
         let (d, s) = max_abs_diff(&a, &b);
-        assert!(d <= 1e-4 * s, "{name} {dtype}: {d} of {s}");
+        let tol = if dtype.is_quantized() { 4e-3 } else { 1e-4 };
+        assert!(d <= tol * s, "{name} {dtype}: {d} of {s}");
         if dtype == DType::F32 {
             let (_, reference) = Reference::open(&fixture(name)).f32("logits");
             let ref_ids = Reference::open(&fixture(name)).ids("input_ids");

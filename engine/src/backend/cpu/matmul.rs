@@ -280,31 +280,26 @@ pub fn matmul(
     }
 
     if uses_int8(w) && prec == ActPrecision::Bf16 && simd::has_bf16_gemm(isa) {
-        // Prefill on a CPU with a bf16 dot product: activations converted once, each panel
-        // of weight rows dequantised to bf16 once.
+        // Prefill on a CPU with a bf16 dot product: activations converted and packed once,
+        // each panel of weight rows dequantised and packed once (see `simd::bf16_gemm`).
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
         let buf = &mut *guard;
-        let ld = simd::bf16_ld(isa, k);
-        buf.bf.resize(t_rows * ld, 0);
-        for (xr, o) in x.chunks_exact(k).zip(buf.bf.chunks_exact_mut(ld)) {
-            simd::to_bf16(isa, xr, &mut o[..k]);
-        }
+        buf.bf.resize(simd::bf16_acts_len(t_rows, k), 0);
+        simd::pack_bf16_acts(isa, x, k, &mut buf.bf);
         let xb = &buf.bf[..];
         // 32 weight rows (bf16: 32 × k × 2 bytes, in L2) per pass over the activations.
         let panel = panel_rows(n_out, t_rows, threads, false);
         let dtype = w.dtype;
         for_panels(pool, n_out, panel, |ctx, n0, n1| {
             let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
-            let half = ((n1 - n0) * ld).div_ceil(2);
-            let scratch = ctx.scratch.f32s(half + simd::bf16_scratch(isa, n1 - n0));
-            let (wb, acc) = scratch.split_at_mut(half);
-            let wb: &mut [u16] = &mut bytemuck::cast_slice_mut(wb)[..(n1 - n0) * ld];
-            for (r, o) in wb.chunks_exact_mut(ld).enumerate() {
-                let row = &raw[r * row_bytes..(r + 1) * row_bytes];
-                simd::dequantize_bf16(isa, dtype, row, &mut o[..k]);
-            }
-            // SAFETY: output columns n0..n1 are this item's.
-            unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, k, outp, n0, acc) };
+            let (len, tmp) = (
+                simd::bf16_packed_len(n1 - n0, k),
+                simd::bf16_pack_scratch(k),
+            );
+            let scratch = ctx.scratch.f32s((len + tmp).div_ceil(2));
+            let (wb, tb) = bytemuck::cast_slice_mut::<f32, u16>(scratch).split_at_mut(len);
+            simd::pack_bf16(isa, dtype, raw, row_bytes, n1 - n0, k, wb, tb);
+            unsafe { simd::bf16_gemm(isa, wb, n1 - n0, xb, t_rows, k, outp, n0) };
             add_bias(n0, n1);
         });
         return;
@@ -452,6 +447,10 @@ mod tests {
                             (1, 3, 512),
                             // Prefill over several K slices of the bf16 GEMM, ragged rows.
                             (10, 37, 2080),
+                            // bf16 register tiles of 12 activation rows and a tail of 6, a
+                            // 32-row tile, a ragged one and one of 6 rows; three K slices.
+                            (30, 70, 544),
+                            (17, 45, 256),
                             // The int8 prefill GEMM: 6-row tiles and a tail of 1, a
                             // 16-row group pair, a lone group and a ragged last group.
                             (13, 45, 96),

@@ -535,6 +535,10 @@ mod tests {
                     (1, 40, 9, 3, 64, true),
                     (9, 0, 3, 3, 300, false),
                     (6, 2, 2, 2, 16, false),
+                    // Score blocks of 4 keys and a tail, tiles of 4 and 3 query rows,
+                    // value sums in 64-wide chunks and a 16-wide tail.
+                    (7, 30, 4, 2, 128, false),
+                    (11, 5, 4, 2, 80, true),
                 ] {
                     let shape = AttentionShape {
                         n_heads: heads,

@@ -375,42 +375,74 @@ fn attention_tile_g(
             *s *= inv;
         }
     }
-    // Weighted sum of values: per query row, 64 output values at a time held in registers
-    // while every key's value row streams past.
+    // Weighted sum of values: the tile's query rows together (see `weighted_values`).
+    match nt {
+        4 => weighted_values::<4>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        3 => weighted_values::<3>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        2 => weighted_values::<2>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        _ => weighted_values::<1>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+    }
+}
+
+/// `out[t0 + i][h·hd..][..hd] = Σ_j p[i][j] · v[first + j]` for the `NT` query rows of a
+/// tile (probabilities `p[i]` at `scores[i·span..]`, value rows `kv_cols` apart from
+/// column `base`), 64 output values at a time: the rows' accumulators (NT × 64 values)
+/// stay in registers while every key's value row streams past once — one load of a value
+/// row serves all the tile's rows. Each output sums its keys in order with separate
+/// multiply and add, as the scalar code does.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn weighted_values<const NT: usize>(
+    v: &[f32],
+    kv_cols: usize,
+    base: usize,
+    hd: usize,
+    first: usize,
+    span: usize,
+    scores: &[f32],
+    t0: usize,
+    h: usize,
+    out: RowsPtr,
+) {
     const CHUNK: usize = 64;
-    for i in 0..nt {
-        let p_row = &scores[i * span..(i + 1) * span];
-        let mut d0 = 0;
-        while d0 < hd {
-            let dn = CHUNK.min(hd - d0);
-            let mut acc = [0.0f32; CHUNK];
-            let base = kvh * hd + d0;
-            if dn == CHUNK {
-                for (jj, &p) in p_row.iter().enumerate() {
-                    let j = first + jj;
-                    let vj: &[f32; CHUNK] = v[j * kv_cols + base..j * kv_cols + base + CHUNK]
-                        .try_into()
-                        .expect("chunk length");
-                    for (a, &x) in acc.iter_mut().zip(vj) {
-                        *a += p * x;
-                    }
-                }
-            } else {
-                for (jj, &p) in p_row.iter().enumerate() {
-                    let j = first + jj;
-                    let vj = &v[j * kv_cols + base..j * kv_cols + base + dn];
-                    for (a, &x) in acc[..dn].iter_mut().zip(vj) {
-                        *a += p * x;
+    let mut d0 = 0;
+    while d0 < hd {
+        let dn = CHUNK.min(hd - d0);
+        let mut acc = [[0.0f32; CHUNK]; NT];
+        let b = base + d0;
+        if dn == CHUNK {
+            for jj in 0..span {
+                let j = first + jj;
+                let vj: &[f32; CHUNK] = v[j * kv_cols + b..j * kv_cols + b + CHUNK]
+                    .try_into()
+                    .expect("chunk length");
+                let p: [f32; NT] = std::array::from_fn(|i| scores[i * span + jj]);
+                for (ai, &pi) in acc.iter_mut().zip(&p) {
+                    for (a, &x) in ai.iter_mut().zip(vj) {
+                        *a += pi * x;
                     }
                 }
             }
+        } else {
+            for jj in 0..span {
+                let j = first + jj;
+                let vj = &v[j * kv_cols + b..j * kv_cols + b + dn];
+                for (i, ai) in acc.iter_mut().enumerate() {
+                    let pi = scores[i * span + jj];
+                    for (a, &x) in ai[..dn].iter_mut().zip(vj) {
+                        *a += pi * x;
+                    }
+                }
+            }
+        }
+        for (i, ai) in acc.iter().enumerate() {
             // SAFETY: row t0 + i, columns of head h: this task's alone.
             let o = unsafe {
                 std::slice::from_raw_parts_mut(out.ptr.add((t0 + i) * out.ld + h * hd + d0), dn)
             };
-            o.copy_from_slice(&acc[..dn]);
-            d0 += dn;
+            o.copy_from_slice(&ai[..dn]);
         }
+        d0 += dn;
     }
 }
 

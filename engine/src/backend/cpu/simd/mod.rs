@@ -400,69 +400,126 @@ pub fn to_bf16(isa: Isa, x: &[f32], out: &mut [u16]) {
     }
 }
 
-/// Quantised weight bytes (whole blocks) to bf16 values.
-pub fn dequantize_bf16(isa: Isa, dtype: DType, bytes: &[u8], out: &mut [u16]) {
+/// bf16 values of a packed weight panel of `rows` rows of `k` values ([`pack_bf16`]).
+pub fn bf16_packed_len(rows: usize, k: usize) -> usize {
+    rows.div_ceil(BF_ROWS) * BF_ROWS * k
+}
+
+/// Scratch bf16 values [`pack_bf16`] needs for rows of `k` values.
+pub fn bf16_pack_scratch(k: usize) -> usize {
+    16 * k
+}
+
+/// Rows per tile of a packed bf16 weight panel.
+pub const BF_ROWS: usize = 32;
+
+/// Dequantises `rows` quantised weight rows (`row_bytes` apart, `k` values each, `k` a
+/// multiple of 32) into [`bf16_gemm`]'s packed layout: tiles of [`BF_ROWS`] rows, and in
+/// each tile, for every pair `p` of k values, the tile's rows side by side — u16 index
+/// `tile·32·k + p·64 + 2j + e` holds row `j`'s value `2p + e`. Rows past `rows` are zero.
+/// `tmp` holds [`bf16_pack_scratch`]`(k)` values.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_bf16(
+    isa: Isa,
+    dtype: DType,
+    raw: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    k: usize,
+    out: &mut [u16],
+    tmp: &mut [u16],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if x86::has_bf16() => unsafe { x86::dequantize_bf16_avx512(dtype, bytes, out) },
+        Isa::Avx512 if x86::has_bf16() => unsafe {
+            x86::pack_bf16_avx512(dtype, raw, row_bytes, rows, k, out, tmp)
+        },
         _ => {
-            let mut f = vec![0.0; out.len()];
-            dequantize(isa, dtype, bytes, &mut f);
-            to_bf16(isa, &f, out);
+            let _ = tmp;
+            let len = bf16_packed_len(rows, k);
+            out[..len].fill(0);
+            let mut f = vec![0.0; k];
+            for r in 0..rows {
+                dequantize(isa, dtype, &raw[r * row_bytes..(r + 1) * row_bytes], &mut f);
+                let (tile, j) = (r / BF_ROWS, r % BF_ROWS);
+                for (i, &v) in f.iter().enumerate() {
+                    let at = tile * BF_ROWS * k + i / 2 * 64 + 2 * j + i % 2;
+                    out[at] = half::bf16::from_f32(v).to_bits();
+                }
+            }
         }
     }
 }
 
-/// The row stride of [`bf16_gemm`]'s operands of `k` values (`≥ k`).
-pub fn bf16_ld(isa: Isa, k: usize) -> usize {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::bf16_ld(k),
-        _ => k,
-    }
+/// Activation rows per group of [`pack_bf16_acts`]'s layout (the bf16 GEMM's register
+/// tile: 12 rows × 32 weight rows).
+pub const BF_MR: usize = 12;
+
+/// bf16 values of `t_rows` packed activation rows of `k` values ([`pack_bf16_acts`]).
+pub fn bf16_acts_len(t_rows: usize, k: usize) -> usize {
+    t_rows.div_ceil(BF_MR) * BF_MR * k
 }
 
-/// Scratch f32 values [`bf16_gemm`] wants for a panel of `rows` weight rows.
-pub fn bf16_scratch(isa: Isa, rows: usize) -> usize {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::bf16_scratch(rows),
-        _ => {
-            let _ = rows;
-            0
+/// f32 activation rows (`k` values each, `k` a multiple of 32) to bf16 in [`bf16_gemm`]'s
+/// layout: groups of [`BF_MR`] rows, and in each group, for every pair `p` of k values, the
+/// group's rows side by side — u16 index `g·12·k + p·24 + 2m + e` holds row `12g + m`'s
+/// value `2p + e`, so a register tile broadcasts its rows' pairs from one cache line.
+/// Rows past the last are zero.
+pub fn pack_bf16_acts(isa: Isa, x: &[f32], k: usize, out: &mut [u16]) {
+    let t_rows = x.len() / k.max(1);
+    let len = bf16_acts_len(t_rows, k);
+    // The last group's missing rows (an empty range when the groups are full).
+    out[(t_rows - t_rows % BF_MR) * k..len].fill(0);
+    let mut chunk = [0u16; 32];
+    for (t, xr) in x.chunks_exact(k).enumerate() {
+        let (g, m) = (t / BF_MR, t % BF_MR);
+        let group = &mut out[g * BF_MR * k..(g + 1) * BF_MR * k];
+        for (c, xc) in xr.chunks_exact(32).enumerate() {
+            to_bf16(isa, xc, &mut chunk);
+            for (i, pair) in chunk.chunks_exact(2).enumerate() {
+                let at = (c * 16 + i) * 2 * BF_MR + 2 * m;
+                group[at] = pair[0];
+                group[at + 1] = pair[1];
+            }
         }
     }
 }
 
-/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` over bf16 weight rows (`rows` of them) and bf16
-/// activation rows, both [`bf16_ld`] values apart, accumulated in f32; `k` is a multiple
-/// of 32.
+/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` over a packed bf16 weight panel of `rows` rows
+/// ([`pack_bf16`]) and `t_rows` packed bf16 activation rows ([`pack_bf16_acts`]),
+/// accumulated in f32; `k` is a multiple of 32.
 ///
 /// # Safety
-/// As [`fgemm`]; `acc` holds [`bf16_scratch`]`(isa, rows)` values.
+/// As [`fgemm`].
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn bf16_gemm(
     isa: Isa,
     w: &[u16],
     rows: usize,
     x: &[u16],
+    t_rows: usize,
     k: usize,
     out: OutPtr,
     r0: usize,
-    acc: &mut [f32],
 ) {
-    let ld = bf16_ld(isa, k);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if x86::has_bf16() => unsafe {
-            x86::bf16_gemm_avx512(w, rows, x, k, ld, out, r0, acc)
+            x86::bf16_gemm_avx512(w, rows, x, t_rows, k, out, r0)
         },
         _ => {
-            let _ = acc;
-            let f = |v: &u16| half::bf16::from_bits(*v).to_f32();
-            for (t, xr) in x.chunks_exact(ld).enumerate() {
-                for (r, wr) in w.chunks_exact(ld).take(rows).enumerate() {
-                    let dot = wr.iter().zip(xr).map(|(a, b)| f(a) * f(b)).sum();
+            let f = |v: u16| half::bf16::from_bits(v).to_f32();
+            for t in 0..t_rows {
+                let (g, m) = (t / BF_MR, t % BF_MR);
+                for r in 0..rows {
+                    let (tile, j) = (r / BF_ROWS, r % BF_ROWS);
+                    let dot = (0..k)
+                        .map(|i| {
+                            let wi = tile * BF_ROWS * k + i / 2 * 64 + 2 * j + i % 2;
+                            let xi = g * BF_MR * k + i / 2 * 2 * BF_MR + 2 * m + i % 2;
+                            f(w[wi]) * f(x[xi])
+                        })
+                        .sum();
                     unsafe { out.write(t, r0 + r, dot) };
                 }
             }

@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{OutPtr, Q8Acts, for_tiles};
+use super::{BF_MR, OutPtr, Q8Acts, for_tiles};
 use crate::quant::QK;
 use crate::tensor::DType;
 
@@ -1713,8 +1713,11 @@ unsafe fn transpose_sum16(v: &[__m512; 16]) -> __m512 {
     }
 }
 
-/// `out[i·ld + j] = scale · q_i·k_j` for `i < nt`, `j < nk`; `q_i` at `q + i·qs`, `k_j` at
-/// `k + j·ks`, `hd` values each (a multiple of 16).
+/// `out[i·ld + j] = scale · q_i·k_j` for `i < nt` (at most 4), `j < nk`; `q_i` at
+/// `q + i·qs`, `k_j` at `k + j·ks`, `hd` values each (a multiple of 16). Several rows go
+/// in blocks of the rows × 4 keys: each key vector loaded serves every row (with 4 rows, 2
+/// loads per 4 FMAs, where one row at a time needs a load per FMA), and one transposing
+/// reduction sums the block's dot products; one row (decode) goes 16 keys at a time.
 ///
 /// # Safety
 /// The CPU must have the AVX-512 level; every row named must be readable, `out` writable.
@@ -1733,36 +1736,103 @@ pub unsafe fn attn_scores_avx512(
     ld: usize,
 ) {
     unsafe {
+        match nt {
+            4 => attn_scores_rows::<4>(q, qs, k, ks, nk, hd, scale, out, ld),
+            3 => attn_scores_rows::<3>(q, qs, k, ks, nk, hd, scale, out, ld),
+            2 => attn_scores_rows::<2>(q, qs, k, ks, nk, hd, scale, out, ld),
+            1 => attn_scores_row(q, k, ks, nk, hd, scale, out),
+            _ => panic!("attention scores for {nt} rows at once"),
+        }
+    }
+}
+
+/// One query row (decode): 16 keys per block, so one transposing reduction sums 16 dot
+/// products.
+#[inline(always)]
+unsafe fn attn_scores_row(
+    q: *const f32,
+    k: *const f32,
+    ks: usize,
+    nk: usize,
+    hd: usize,
+    scale: f32,
+    out: *mut f32,
+) {
+    unsafe {
         let sv = _mm512_set1_ps(scale);
-        for i in 0..nt {
-            let qi = q.add(i * qs);
-            let mut j0 = 0;
-            while j0 + 16 <= nk {
-                let mut acc = [_mm512_setzero_ps(); 16];
-                for c in (0..hd).step_by(16) {
-                    let qv = _mm512_loadu_ps(qi.add(c));
-                    for j in 0..16 {
-                        acc[j] =
-                            _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add((j0 + j) * ks + c)), acc[j]);
+        let mut j0 = 0;
+        while j0 + 16 <= nk {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for c in (0..hd).step_by(16) {
+                let qv = _mm512_loadu_ps(q.add(c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add((j0 + j) * ks + c)), *a);
+                }
+            }
+            _mm512_storeu_ps(out.add(j0), _mm512_mul_ps(transpose_sum16(&acc), sv));
+            j0 += 16;
+        }
+        for j in j0..nk {
+            let mut acc = _mm512_setzero_ps();
+            for c in (0..hd).step_by(16) {
+                acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(q.add(c)),
+                    _mm512_loadu_ps(k.add(j * ks + c)),
+                    acc,
+                );
+            }
+            *out.add(j) = _mm512_reduce_add_ps(acc) * scale;
+        }
+    }
+}
+
+/// Two to four query rows (prefill): blocks of the rows × 4 keys.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attn_scores_rows<const NT: usize>(
+    q: *const f32,
+    qs: usize,
+    k: *const f32,
+    ks: usize,
+    nk: usize,
+    hd: usize,
+    scale: f32,
+    out: *mut f32,
+    ld: usize,
+) {
+    unsafe {
+        let sv = _mm512_set1_ps(scale);
+        let mut j0 = 0;
+        while j0 + 4 <= nk {
+            // acc[4i + kk]: row i, key j0 + kk (rows past NT stay zero).
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for c in (0..hd).step_by(16) {
+                let qv: [__m512; NT] = std::array::from_fn(|i| _mm512_loadu_ps(q.add(i * qs + c)));
+                for kk in 0..4 {
+                    let kv = _mm512_loadu_ps(k.add((j0 + kk) * ks + c));
+                    for (i, &qi) in qv.iter().enumerate() {
+                        acc[4 * i + kk] = _mm512_fmadd_ps(qi, kv, acc[4 * i + kk]);
                     }
                 }
-                _mm512_storeu_ps(
-                    out.add(i * ld + j0),
-                    _mm512_mul_ps(transpose_sum16(&acc), sv),
-                );
-                j0 += 16;
             }
-            while j0 < nk {
+            let mut sums = [0.0f32; 16];
+            _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_mul_ps(transpose_sum16(&acc), sv));
+            for (i, row) in sums.chunks_exact(4).enumerate().take(NT) {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(i * ld + j0), 4);
+            }
+            j0 += 4;
+        }
+        for j in j0..nk {
+            for i in 0..NT {
                 let mut acc = _mm512_setzero_ps();
                 for c in (0..hd).step_by(16) {
                     acc = _mm512_fmadd_ps(
-                        _mm512_loadu_ps(qi.add(c)),
-                        _mm512_loadu_ps(k.add(j0 * ks + c)),
+                        _mm512_loadu_ps(q.add(i * qs + c)),
+                        _mm512_loadu_ps(k.add(j * ks + c)),
                         acc,
                     );
                 }
-                *out.add(i * ld + j0) = _mm512_reduce_add_ps(acc) * scale;
-                j0 += 1;
+                *out.add(i * ld + j) = _mm512_reduce_add_ps(acc) * scale;
             }
         }
     }
@@ -1782,40 +1852,7 @@ pub unsafe fn dequantize_avx512(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     unsafe {
         let o = out.as_mut_ptr();
         for b in 0..nb {
-            let p = bytes.as_ptr().add(b * size);
-            let d = _mm512_set1_ps(f16_to_f32(read_u16(p)));
-            let (v0, v1) = match dtype {
-                DType::Q4_0 | DType::Q4_1 => {
-                    let q = _mm_loadu_si128(
-                        p.add(if dtype == DType::Q4_0 { 2 } else { 4 }) as *const __m128i
-                    );
-                    let mask = _mm_set1_epi8(0x0F);
-                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
-                    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                        _mm_srli_epi16::<4>(q),
-                        mask,
-                    )));
-                    if dtype == DType::Q4_0 {
-                        let eight = _mm512_set1_ps(8.0);
-                        (
-                            _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
-                            _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
-                        )
-                    } else {
-                        let m = _mm512_set1_ps(f16_to_f32(read_u16(p.add(2))));
-                        (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
-                    }
-                }
-                DType::Q8_0 => {
-                    let a = _mm_loadu_si128(p.add(2) as *const __m128i);
-                    let c = _mm_loadu_si128(p.add(18) as *const __m128i);
-                    (
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a)), d),
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), d),
-                    )
-                }
-                other => panic!("dequantize on {other}"),
-            };
+            let (v0, v1) = dequant_block512(dtype, bytes.as_ptr().add(b * size));
             _mm512_storeu_ps(o.add(b * QK), v0);
             _mm512_storeu_ps(o.add(b * QK + 16), v1);
         }
@@ -1969,179 +2006,276 @@ pub unsafe fn to_bf16_avx512(x: &[f32], out: &mut [u16]) {
     }
 }
 
-/// Quantised weight bytes (whole blocks) to bf16 values.
-///
-/// # Safety
-/// As [`to_bf16_avx512`]; `bytes` holds whole blocks of `dtype` for `out.len()` values.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
-pub unsafe fn dequantize_bf16_avx512(dtype: DType, bytes: &[u8], out: &mut [u16]) {
-    let mut block = [0.0f32; QK];
-    let size = dtype.type_size();
-    assert!(bytes.len() >= out.len() / QK * size);
-    for (b, o) in out.chunks_exact_mut(QK).enumerate() {
-        unsafe {
-            dequantize_avx512(dtype, &bytes[b * size..(b + 1) * size], &mut block);
-            to_bf16_avx512(&block, o);
+/// Weight rows of one tile of a packed bf16 panel: two vectors of 16 rows.
+pub const BF_ROWS: usize = 32;
+
+/// bf16 values of a packed panel (see [`pack_bf16_avx512`]) of `rows` rows of `k` values.
+pub fn bf16_packed_len(rows: usize, k: usize) -> usize {
+    rows.div_ceil(BF_ROWS) * BF_ROWS * k
+}
+
+/// The 32 values of one quantised block as f32 (two vectors).
+#[inline(always)]
+unsafe fn dequant_block512(dtype: DType, p: *const u8) -> (__m512, __m512) {
+    unsafe {
+        let d = _mm512_set1_ps(f16_to_f32(read_u16(p)));
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => {
+                let q = _mm_loadu_si128(
+                    p.add(if dtype == DType::Q4_0 { 2 } else { 4 }) as *const __m128i
+                );
+                let mask = _mm_set1_epi8(0x0F);
+                let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
+                let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                    _mm_srli_epi16::<4>(q),
+                    mask,
+                )));
+                if dtype == DType::Q4_0 {
+                    let eight = _mm512_set1_ps(8.0);
+                    (
+                        _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
+                        _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
+                    )
+                } else {
+                    let m = _mm512_set1_ps(f16_to_f32(read_u16(p.add(2))));
+                    (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
+                }
+            }
+            DType::Q8_0 => {
+                let a = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let c = _mm_loadu_si128(p.add(18) as *const __m128i);
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a)), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), d),
+                )
+            }
+            other => panic!("dequantize on {other}"),
         }
     }
 }
 
-/// Lengths of the K slices of the bf16 GEMM: 4 activation rows × `BF_KB` bf16 values
-/// (8 KiB) stay in L1 while the panel's weight tiles pass over them from L2.
-const BF_KB: usize = 1024;
-
-/// The row stride of bf16 operands of `k` values: one cache line more than `k` when rows
-/// of `k` would start at the same offset in every 1 KiB (rows 4 KiB apart share L1 sets:
-/// a slice's weight rows and 4 activation rows would fight over 12 ways).
-pub fn bf16_ld(k: usize) -> usize {
-    if (k * 2).is_multiple_of(1024) {
-        k + 32
-    } else {
-        k
-    }
-}
-
-/// Scratch f32 values [`bf16_gemm_avx512`] needs for a panel of `rows` rows: the
-/// accumulators of its 4×4 tiles between K slices.
-pub fn bf16_scratch(rows: usize) -> usize {
-    rows.div_ceil(4) * 256
-}
-
-/// Accumulates `x[c][k0..k1] · w[r][k0..k1]` of an `R × C` tile into `acc` (R·C vectors).
+/// Transposes a 16×16 matrix of 32-bit lanes held in 16 vectors: afterwards `r[j]` lane `i`
+/// is what `r[i]` lane `j` was.
 #[inline(always)]
-unsafe fn bf16_tile<const R: usize, const C: usize>(
-    w: *const u16,
-    x: *const u16,
-    ld: usize,
-    k0: usize,
-    k1: usize,
-    acc: *mut f32,
-) {
+unsafe fn transpose16_epi32(r: &mut [__m512i; 16]) {
     unsafe {
-        let mut a: [[__m512; C]; R] = std::array::from_fn(|r| {
-            std::array::from_fn(|c| _mm512_loadu_ps(acc.add((r * C + c) * 16)))
+        // Within each 128-bit lane: pairs of rows interleaved by 32 bits, then by 64 bits.
+        let t: [__m512i; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi32(a, b)
+            } else {
+                _mm512_unpackhi_epi32(a, b)
+            }
         });
-        let mut i = k0;
-        while i < k1 {
-            let xv: [__m512bh; C] = std::array::from_fn(|c| {
-                std::mem::transmute(_mm512_loadu_si512(x.add(c * ld + i) as *const __m512i))
-            });
-            for r in 0..R {
-                let wv: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(w.add(r * ld + i) as *const __m512i));
-                for c in 0..C {
-                    a[r][c] = _mm512_dpbf16_ps(a[r][c], wv, xv[c]);
-                }
+        // u[4q + j], 128-bit lane l: column 4l + j of rows 4q..4q+3.
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            let (q, j) = (i / 4, i % 4);
+            let (a, b) = (t[4 * q + (j / 2)], t[4 * q + 2 + (j / 2)]);
+            if j % 2 == 0 {
+                _mm512_unpacklo_epi64(a, b)
+            } else {
+                _mm512_unpackhi_epi64(a, b)
             }
-            i += 32;
-        }
-        for r in 0..R {
-            for c in 0..C {
-                _mm512_storeu_ps(acc.add((r * C + c) * 16), a[r][c]);
-            }
-        }
-    }
-}
-
-/// Writes the sums of an `R × C` tile's accumulators to `out[t0 + c][n0 + r]`.
-#[inline(always)]
-unsafe fn bf16_tile_out<const R: usize, const C: usize>(
-    acc: *const f32,
-    out: OutPtr,
-    t0: usize,
-    n0: usize,
-) {
-    unsafe {
-        if R == 4 && C == 4 {
-            // One transposing reduction for the 16 sums: lane r·4 + c is (r, c).
-            let v: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(acc.add(j * 16)));
-            let mut sums = [0.0f32; 16];
-            _mm512_storeu_ps(sums.as_mut_ptr(), transpose_sum16(&v));
-            for r in 0..R {
-                for c in 0..C {
-                    out.write(t0 + c, n0 + r, sums[r * 4 + c]);
-                }
-            }
-        } else {
-            for r in 0..R {
-                for c in 0..C {
-                    let v = _mm512_loadu_ps(acc.add((r * C + c) * 16));
-                    out.write(t0 + c, n0 + r, _mm512_reduce_add_ps(v));
-                }
-            }
+        });
+        // Column 4l + j gathers 128-bit lane l of u[j], u[4 + j], u[8 + j], u[12 + j].
+        for j in 0..4 {
+            let v0 = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let v1 = _mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]);
+            let w0 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let w1 = _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]);
+            r[j] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
+            r[8 + j] = _mm512_shuffle_i32x4::<0xDD>(v0, w0);
+            r[4 + j] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
+            r[12 + j] = _mm512_shuffle_i32x4::<0xDD>(v1, w1);
         }
     }
 }
 
-/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` for bf16 weight rows `w` (`rows` of them) and
-/// bf16 activation rows `x`, both `ld` values apart (`ld ≥ k`, see [`bf16_ld`]); `k` is a
-/// multiple of 32. K-blocked: for each 4
-/// activation rows, each K slice of them stays in L1 while every weight tile of the panel
-/// passes; the tiles' accumulators wait in `acc` between slices.
+/// Dequantises `rows` weight rows (`row_bytes` apart in `raw`, `k` values each) to bf16 in
+/// the layout [`bf16_gemm_avx512`] multiplies: tiles of [`BF_ROWS`] rows, and in each tile,
+/// for every pair of values `(w[2p], w[2p+1])`, the 32 rows' pairs side by side as 32-bit
+/// lanes (u16 index `tile·32·k + p·64 + 2j + e` for row `j` of the tile). Rows past `rows`
+/// in the last tile are zero. Each 16 rows are first dequantised row by row into `tmp`
+/// (sequential reads the hardware prefetcher follows; reading the 16 rows block by block
+/// left every block waiting on DRAM), then transposed 16 × 16 pairs at a time.
 ///
 /// # Safety
-/// The CPU must have the AVX-512 level and [`has_bf16`]; `acc` holds
-/// [`bf16_scratch`]`(rows)` values; output as in [`super::fgemm`].
+/// The CPU must have the AVX-512 level and [`has_bf16`]; `k` is a multiple of 32; `raw`
+/// holds `rows` rows; `out.len() >= bf16_packed_len(rows, k)`; `tmp.len() >= 16 * k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn pack_bf16_avx512(
+    dtype: DType,
+    raw: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    k: usize,
+    out: &mut [u16],
+    tmp: &mut [u16],
+) {
+    let size = dtype.type_size();
+    let nb = k / QK;
+    assert!(k.is_multiple_of(QK) && row_bytes >= nb * size && raw.len() >= rows * row_bytes);
+    assert!(out.len() >= bf16_packed_len(rows, k) && tmp.len() >= 16 * k);
+    let (rp, op, tp) = (raw.as_ptr(), out.as_mut_ptr(), tmp.as_mut_ptr());
+    for tile in 0..rows.div_ceil(BF_ROWS) {
+        for g in 0..2 {
+            let first = tile * BF_ROWS + g * 16;
+            let live = rows.saturating_sub(first).min(16);
+            for i in 0..live {
+                // Rows are contiguous: fetch the row after next while this one is read (the
+                // hardware prefetcher stops at every 4 KiB page; without this the packing
+                // waited on DRAM for most of its time).
+                let ahead = (first + i + 2) * row_bytes;
+                if ahead + row_bytes <= raw.len() {
+                    for line in (0..row_bytes).step_by(64) {
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(rp.add(ahead + line) as *const i8) };
+                    }
+                }
+                for b in 0..nb {
+                    unsafe {
+                        let (lo, hi) =
+                            dequant_block512(dtype, rp.add((first + i) * row_bytes + b * size));
+                        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                        _mm512_storeu_si512(tp.add(i * k + b * QK) as *mut __m512i, v);
+                    }
+                }
+            }
+            for b in 0..nb {
+                // One block of 16 rows as 16 × 16 pairs, transposed to 16 × 16 rows.
+                let mut v: [__m512i; 16] = std::array::from_fn(|i| {
+                    if i < live {
+                        unsafe { _mm512_loadu_si512(tp.add(i * k + b * QK) as *const __m512i) }
+                    } else {
+                        _mm512_setzero_si512()
+                    }
+                });
+                unsafe {
+                    transpose16_epi32(&mut v);
+                    let base = op.add(tile * BF_ROWS * k + g * 32);
+                    for (j, vj) in v.iter().enumerate() {
+                        _mm512_storeu_si512(base.add((b * 16 + j) * 64) as *mut __m512i, *vj);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pairs of k values per K slice of the bf16 GEMM: a tile's slice of packed weights
+/// (128 pairs × 128 bytes = 16 KiB) stays in L1 while every group of activation rows
+/// passes it.
+const BF_KC: usize = 256;
+
+/// One register tile: `out[m][0..32] (+)= Σ_p x[m][2p..2p+2] · w[p]` over `np` pairs for
+/// the first `MR` rows of a packed activation group `x` (its slice at the current pair) and
+/// a packed weight tile `w` (likewise; 64 bf16 per pair). Each weight vector (16 rows × one
+/// pair) meets 12 broadcast activation pairs: 24 accumulators, 2 loads and 12 broadcasts
+/// per 24 `vdpbf16ps`. `first` starts from zero instead of the output; `m0`/`m1` mask the
+/// tile's live rows.
+#[inline(always)]
+unsafe fn bf16_outer<const MR: usize>(
+    w: *const u16,
+    np: usize,
+    x: *const u16,
+    o: *mut f32,
+    ldo: usize,
+    first: bool,
+    (m0, m1): (__mmask16, __mmask16),
+) {
+    unsafe {
+        let mut a: [[__m512; 2]; MR] = std::array::from_fn(|m| {
+            if first {
+                [_mm512_setzero_ps(); 2]
+            } else {
+                [
+                    _mm512_maskz_loadu_ps(m0, o.add(m * ldo)),
+                    _mm512_maskz_loadu_ps(m1, o.add(m * ldo + 16)),
+                ]
+            }
+        });
+        for p in 0..np {
+            let wp = w.add(p * 64) as *const __m512i;
+            let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp));
+            let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(1)));
+            let xp = x.add(p * 2 * BF_MR) as *const i32;
+            for (m, am) in a.iter_mut().enumerate() {
+                let b: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(std::ptr::read_unaligned(xp.add(m))));
+                am[0] = _mm512_dpbf16_ps(am[0], w0, b);
+                am[1] = _mm512_dpbf16_ps(am[1], w1, b);
+            }
+        }
+        for (m, am) in a.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.add(m * ldo), m0, am[0]);
+            _mm512_mask_storeu_ps(o.add(m * ldo + 16), m1, am[1]);
+        }
+    }
+}
+
+/// `out[t][r0 + r] = Σ_k x[t][k] · w[r][k]` for a packed bf16 weight panel `w` of `rows`
+/// rows ([`pack_bf16_avx512`]) and `t_rows` packed bf16 activation rows `x`
+/// ([`super::pack_bf16_acts`]); `k` is a multiple of 32. Outer products: the sums land in
+/// their output lanes, no horizontal reductions. For each 32-row tile and K slice, the
+/// slice stays in L1 while every 12-row activation group passes; partial sums wait in the
+/// output between slices.
+///
+/// # Safety
+/// The CPU must have the AVX-512 level and [`has_bf16`]; output as in [`super::fgemm`],
+/// with `out.ld ≥ r0 + rows`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
 pub unsafe fn bf16_gemm_avx512(
     w: &[u16],
     rows: usize,
     x: &[u16],
+    t_rows: usize,
     k: usize,
-    ld: usize,
     out: OutPtr,
     r0: usize,
-    acc: &mut [f32],
 ) {
-    assert!(k.is_multiple_of(32) && ld >= k && acc.len() >= bf16_scratch(rows));
-    assert!(w.len() >= rows * ld && x.len().is_multiple_of(ld.max(1)));
-    let t_rows = x.len() / ld.max(1);
-    let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
-    let mut c = 0;
-    while c < t_rows {
-        let nc = if t_rows - c >= 4 { 4 } else { 1 };
-        acc[..bf16_scratch(rows)].fill(0.0);
-        let mut k0 = 0;
-        while k0 < k {
-            let k1 = (k0 + BF_KB).min(k);
-            let mut r = 0;
-            while r < rows {
-                let nr = if rows - r >= 4 { 4 } else { 1 };
-                // Each tile owns 256 accumulator values (a 4×4 tile of 16 lanes).
-                let (wt, xt, at) = unsafe {
+    assert!(k.is_multiple_of(32) && w.len() >= bf16_packed_len(rows, k));
+    assert!(x.len() >= super::bf16_acts_len(t_rows, k) && out.ld >= r0 + rows);
+    let pairs = k / 2;
+    let mask = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
+    for tile in 0..rows.div_ceil(BF_ROWS) {
+        let live = (rows - tile * BF_ROWS).min(BF_ROWS);
+        let masks = (mask(live), mask(live.saturating_sub(16)));
+        let mut p0 = 0;
+        while p0 < pairs {
+            let np = BF_KC.min(pairs - p0);
+            let first = p0 == 0;
+            let wt = unsafe { w.as_ptr().add(tile * BF_ROWS * k + p0 * 64) };
+            let mut t = 0;
+            while t < t_rows {
+                let mr = BF_MR.min(t_rows - t);
+                // Group t / 12 starts at t·k values; its pair p at 24·p more.
+                let (xt, ot) = unsafe {
                     (
-                        wp.add(r * ld),
-                        xp.add(c * ld),
-                        ap.add(r / 4 * 256 + (r % 4) * 64),
+                        x.as_ptr().add(t * k + p0 * 2 * BF_MR),
+                        out.ptr.add(t * out.ld + r0 + tile * BF_ROWS),
                     )
                 };
+                let ldo = out.ld;
                 unsafe {
-                    match (nr, nc) {
-                        (4, 4) => bf16_tile::<4, 4>(wt, xt, ld, k0, k1, at),
-                        (4, _) => bf16_tile::<4, 1>(wt, xt, ld, k0, k1, at),
-                        (_, 4) => bf16_tile::<1, 4>(wt, xt, ld, k0, k1, at),
-                        _ => bf16_tile::<1, 1>(wt, xt, ld, k0, k1, at),
+                    match mr {
+                        12 => bf16_outer::<12>(wt, np, xt, ot, ldo, first, masks),
+                        11 => bf16_outer::<11>(wt, np, xt, ot, ldo, first, masks),
+                        10 => bf16_outer::<10>(wt, np, xt, ot, ldo, first, masks),
+                        9 => bf16_outer::<9>(wt, np, xt, ot, ldo, first, masks),
+                        8 => bf16_outer::<8>(wt, np, xt, ot, ldo, first, masks),
+                        7 => bf16_outer::<7>(wt, np, xt, ot, ldo, first, masks),
+                        6 => bf16_outer::<6>(wt, np, xt, ot, ldo, first, masks),
+                        5 => bf16_outer::<5>(wt, np, xt, ot, ldo, first, masks),
+                        4 => bf16_outer::<4>(wt, np, xt, ot, ldo, first, masks),
+                        3 => bf16_outer::<3>(wt, np, xt, ot, ldo, first, masks),
+                        2 => bf16_outer::<2>(wt, np, xt, ot, ldo, first, masks),
+                        _ => bf16_outer::<1>(wt, np, xt, ot, ldo, first, masks),
                     }
                 }
-                r += nr;
+                t += mr;
             }
-            k0 = k1;
+            p0 += np;
         }
-        let mut r = 0;
-        while r < rows {
-            let nr = if rows - r >= 4 { 4 } else { 1 };
-            let at = unsafe { ap.add(r / 4 * 256 + (r % 4) * 64) };
-            unsafe {
-                match (nr, nc) {
-                    (4, 4) => bf16_tile_out::<4, 4>(at, out, c, r0 + r),
-                    (4, _) => bf16_tile_out::<4, 1>(at, out, c, r0 + r),
-                    (_, 4) => bf16_tile_out::<1, 4>(at, out, c, r0 + r),
-                    _ => bf16_tile_out::<1, 1>(at, out, c, r0 + r),
-                }
-            }
-            r += nr;
-        }
-        c += nc;
     }
 }
 
@@ -2165,6 +2299,44 @@ mod tests {
                 s as u8
             })
             .collect()
+    }
+
+    /// The AVX-512 packer lays out bf16 weight panels as documented, rounding as `half`
+    /// does, ragged last tile (zeros) included.
+    #[test]
+    fn bf16_panels_pack_in_the_documented_layout() {
+        if !avx512() || !has_bf16() {
+            eprintln!("skipped: no AVX-512 BF16 here");
+            return;
+        }
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            for (rows, k) in [(32, 64), (45, 96), (7, 32)] {
+                let v: Vec<f32> = random_bytes(rows * k, 3)
+                    .iter()
+                    .map(|&b| b as f32 / 64.0 - 2.0)
+                    .collect();
+                let w = quant::quantize(dtype, &v);
+                let row_bytes = w.len() / rows;
+                let len = super::super::bf16_packed_len(rows, k);
+                let (mut fast, mut tmp) = (vec![1u16; len], vec![3u16; 16 * k]);
+                // SAFETY: AVX-512 BF16 checked above; shapes consistent.
+                unsafe { pack_bf16_avx512(dtype, &w, row_bytes, rows, k, &mut fast, &mut tmp) };
+                // The layout, spelled out: row j of tile t, value 2p + e.
+                let mut portable = vec![0u16; len];
+                let mut f = vec![0.0f32; k];
+                for r in 0..rows {
+                    // SAFETY: AVX-512 checked above; one row of whole blocks.
+                    unsafe {
+                        dequantize_avx512(dtype, &w[r * row_bytes..(r + 1) * row_bytes], &mut f)
+                    };
+                    for (i, &x) in f.iter().enumerate() {
+                        let at = r / 32 * 32 * k + i / 2 * 64 + 2 * (r % 32) + i % 2;
+                        portable[at] = half::bf16::from_f32(x).to_bits();
+                    }
+                }
+                assert_eq!(fast, portable, "{dtype} {rows}x{k}");
+            }
+        }
     }
 
     #[test]

@@ -1746,6 +1746,18 @@ pub unsafe fn attn_scores_avx512(
     }
 }
 
+/// `Σ a[c]·b[c]` over `n` values (a multiple of 16), 16 lanes then one reduction.
+#[inline(always)]
+unsafe fn dot512(a: *const f32, b: *const f32, n: usize) -> f32 {
+    unsafe {
+        let mut acc = _mm512_setzero_ps();
+        for c in (0..n).step_by(16) {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(c)), _mm512_loadu_ps(b.add(c)), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+}
+
 /// One query row (decode): 16 keys per block, so one transposing reduction sums 16 dot
 /// products.
 #[inline(always)]
@@ -1773,15 +1785,7 @@ unsafe fn attn_scores_row(
             j0 += 16;
         }
         for j in j0..nk {
-            let mut acc = _mm512_setzero_ps();
-            for c in (0..hd).step_by(16) {
-                acc = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(q.add(c)),
-                    _mm512_loadu_ps(k.add(j * ks + c)),
-                    acc,
-                );
-            }
-            *out.add(j) = _mm512_reduce_add_ps(acc) * scale;
+            *out.add(j) = dot512(q, k.add(j * ks), hd) * scale;
         }
     }
 }
@@ -1824,15 +1828,7 @@ unsafe fn attn_scores_rows<const NT: usize>(
         }
         for j in j0..nk {
             for i in 0..NT {
-                let mut acc = _mm512_setzero_ps();
-                for c in (0..hd).step_by(16) {
-                    acc = _mm512_fmadd_ps(
-                        _mm512_loadu_ps(q.add(i * qs + c)),
-                        _mm512_loadu_ps(k.add(j * ks + c)),
-                        acc,
-                    );
-                }
-                *out.add(i * ld + j) = _mm512_reduce_add_ps(acc) * scale;
+                *out.add(i * ld + j) = dot512(q.add(i * qs), k.add(j * ks), hd) * scale;
             }
         }
     }

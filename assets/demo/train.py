@@ -515,7 +515,7 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, cos, sin, cache=None, mask=None):
         b, t, d = x.shape
         q, k, v = (p(x).view(b, t, self.h, -1).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
@@ -529,7 +529,10 @@ class LlamaAttention(nn.Module):
         causal = t > 1 or cache is None
         if causal and k.shape[2] != t:
             raise ValueError("chunked prefill is not supported here")
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if mask is not None:  # training with isolated turns (see turn_layout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -553,8 +556,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -734,13 +737,21 @@ class MobileVLM(nn.Module):
         emb = torch.cat([freqs, freqs], -1)
         return emb.cos()[None, None], emb.sin()[None, None]
 
+    def rope_at(self, positions):
+        """cos and sin for explicit (batch, time) positions."""
+        freqs = positions.float()[..., None] * self.inv_freq
+        emb = torch.cat([freqs, freqs], -1)
+        return emb.cos()[:, None], emb.sin()[:, None]
+
     def image_embeds(self, pixels):
         return self.model.mm_projector(self.model.vision_tower(pixels))
 
-    def decoder(self, x, t0=0, caches=None):
-        cos, sin = self.rope(t0, x.shape[1])
+    def decoder(self, x, t0=0, caches=None, layout=None):
+        """layout: optional (positions, attention mask) of isolated turns (turn_layout)."""
+        cos, sin = self.rope(t0, x.shape[1]) if layout is None else self.rope_at(layout[0])
+        mask = None if layout is None else layout[1]
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if caches is None else caches[i])
+            x = layer(x, cos, sin, None if caches is None else caches[i], mask)
         return self.model.norm(x)
 
     def embed_batch(self, prefix_ids, pixels, ids, image_rows=None):
@@ -760,11 +771,11 @@ class CellProbe(nn.Module):
     any of its rows and reads its colour and place there. Its RoPE positions are relative,
     so the place could not otherwise come from where the rows sit in the sequence."""
 
-    def __init__(self, width):
+    def __init__(self, width, place_classes=9):
         super().__init__()
         self.colour = nn.Linear(width, len(COLOURS) + 1)  # last class: no shape
         self.kind = nn.Linear(width, len(KINDS) + 1)
-        self.place = nn.Linear(width, 9)
+        self.place = nn.Linear(width, place_classes)  # 10: "no shape" too (--place-probe occupied)
 
     def forward(self, rows):
         return self.colour(rows), self.kind(rows), self.place(rows)
@@ -777,14 +788,17 @@ def row_cells(n_rows):
 
 
 def cell_targets(scene):
-    """Per cell of the 3×3 layout: (colour index, kind index), "none" as the last class."""
+    """Per cell of the 3×3 layout: (colour index, kind index, place of its shape), "none"
+    as the last class of each."""
     colour = [len(COLOURS)] * 9
     kind = [len(KINDS)] * 9
+    place = [9] * 9
     names = list(COLOURS)
     for sh in scene["shapes"]:
         colour[sh["cell"]] = names.index(sh["colour"])
         kind[sh["cell"]] = KINDS.index(sh["kind"])
-    return colour, kind
+        place[sh["cell"]] = sh["cell"]
+    return colour, kind, place
 
 
 def model_configs(args):
@@ -809,54 +823,105 @@ def model_configs(args):
 # ----------------------------------------------------------------------------------------
 # Data.
 
-def make_batch(tok, rng, batch, turns_range, max_shapes, max_len=220):
+def encode_isolated(tok, turns):
+    """Each turn encoded as the first and only one of its conversation, back to back, with
+    each token's turn (1, 2, …) and its position within that turn."""
+    ids, labels, segs, offs = [], [], [], []
+    for k, turn in enumerate(turns):
+        a, b = encode_sample(tok, [turn])
+        ids += a
+        labels += b
+        segs += [k + 1] * len(a)
+        offs += range(len(a))
+    return ids, labels, segs, offs
+
+
+def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_turns=0,
+               max_len=220):
+    """A batch of scenes with several question/answer turns each. A fraction `isolate` of
+    the scenes has its turns isolated (see turn_layout); the rest are one conversation. In
+    scenes of two or more shapes, up to `position_turns` of the turns ask where a shape is."""
     pixels, seqs, types, cells = [], [], [], []
     for _ in range(batch):
         scene = sample_scene(rng, max_shapes=max_shapes)
         qas = questions(scene, rng)
         n = rng.randint(*turns_range)
+        isolated = isolate > 0 and rng.random() < isolate
+        where = [qa for qa in qas if qa[0] == "position"] if len(scene["shapes"]) > 1 else []
+        rest = [qa for qa in qas if qa not in where] if position_turns else qas
         while True:
-            turns = pick_turns(list(qas), rng, n)
-            ids, labels = encode_sample(tok, turns)
+            k = min(position_turns, len(where), n)
+            turns = pick_turns(list(rest), rng, n - k)
+            if position_turns:
+                turns += rng.sample(where, k)
+                rng.shuffle(turns)
+            if isolated:
+                ids, labels, segs, offs = encode_isolated(tok, turns)
+            else:
+                ids, labels = encode_sample(tok, turns)
+                segs, offs = [0] * len(ids), list(range(len(ids)))
             if len(ids) <= max_len or n == 1:
                 break
             n -= 1
         img, square = render_for_training(scene, rng)
         pixels.append(preprocess(img))
-        colour, kind = cell_targets(scene)
+        colour, kind, place = cell_targets(scene)
         ignore = [-100] * 9
-        cells.append((colour if square else ignore, kind if square else ignore))
-        seqs.append((ids[:max_len], labels[:max_len]))
+        cells.append((colour if square else ignore, kind if square else ignore,
+                      place if square else ignore))
+        seqs.append((ids[:max_len], labels[:max_len], segs[:max_len], offs[:max_len]))
         types.append([t[0] for t in turns])
     t = max(len(s[0]) for s in seqs)
     ids = torch.full((batch, t), PAD_ID, dtype=torch.long)
     labels = torch.full((batch, t), -100, dtype=torch.long)
-    for i, (a, b) in enumerate(seqs):
+    segs = torch.zeros((batch, t), dtype=torch.long)
+    offs = torch.arange(t).repeat(batch, 1)
+    for i, (a, b, g, o) in enumerate(seqs):
         ids[i, :len(a)] = torch.tensor(a)
         labels[i, :len(b)] = torch.tensor(b)
-    cell_colour = torch.tensor([c for c, _ in cells], dtype=torch.long)
-    cell_kind = torch.tensor([k for _, k in cells], dtype=torch.long)
-    return torch.stack(pixels), ids, labels, types, (cell_colour, cell_kind)
+        segs[i, :len(g)] = torch.tensor(g)
+        offs[i, :len(o)] = torch.tensor(o)
+    targets = tuple(torch.tensor([c[i] for c in cells], dtype=torch.long) for i in range(3))
+    return torch.stack(pixels), ids, labels, types, targets, (segs, offs)
 
 
-def probe_loss(probe, rows, cells):
-    """The auxiliary per-row colour, kind and place losses (see CellProbe). A row's place
-    is where it lies in the picture, so it needs no scene; its colour and kind are those of
-    its cell (ignored for padded, non-square pictures, whose layout does not fill the grid)."""
+def turn_layout(n_before, segs, offs):
+    """RoPE positions and attention mask for a batch whose text tokens carry a turn number
+    (0: one conversation, k > 0: isolated turn k) and a position within their text. An
+    isolated turn sees the system prompt, the image and itself, at the positions it would
+    have as a conversation's first turn — never the turns before it, so it cannot copy its
+    answer from an earlier one (a description names the word and every shape's place) and
+    must read the image, as a first question, the way the evaluation asks, must."""
+    b, t = segs.shape
+    seg = torch.cat([torch.zeros((b, n_before), dtype=torch.long), segs], 1)
+    pos = torch.cat([torch.arange(n_before).repeat(b, 1), n_before + offs], 1)
+    causal = torch.ones((n_before + t, n_before + t), dtype=torch.bool).tril()
+    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+    return pos, (causal & same)[:, None]
+
+
+def probe_loss(probe, rows, cells, place_of="all"):
+    """The auxiliary per-row colour, kind and place losses (see CellProbe). A row's colour
+    and kind are those of its cell's shape (ignored for padded, non-square pictures, whose
+    layout does not fill the grid). Its place, with place_of="all", is where the row lies in
+    the picture, whatever is there; with "occupied", the place of its cell's shape, and
+    "none" for an empty cell — so a row says where it is only where there is something."""
     colour, kind, place = probe(rows)
     b, n, _ = rows.shape
     where = row_cells(n)
+    place_target = where.repeat(b) if place_of == "all" else cells[2][:, where].flatten()
     return (F.cross_entropy(colour.flatten(0, 1).float(), cells[0][:, where].flatten(),
                             ignore_index=-100)
             + F.cross_entropy(kind.flatten(0, 1).float(), cells[1][:, where].flatten(),
                               ignore_index=-100)
-            + F.cross_entropy(place.flatten(0, 1).float(), where.repeat(b)))
+            + F.cross_entropy(place.flatten(0, 1).float(), place_target, ignore_index=-100))
 
 
-def loss_and_logits(model, prefix_ids, pixels, ids, labels, image_rows=None):
+def loss_and_logits(model, prefix_ids, pixels, ids, labels, image_rows=None, turns=None):
+    """turns: the (segs, offs) of make_batch, for batches with isolated turns."""
     x = model.embed_batch(prefix_ids, pixels, ids, image_rows)
-    h = model.decoder(x)
     n_before = prefix_ids.shape[0] + IMAGE_TOKENS
+    h = model.decoder(x, layout=None if turns is None else turn_layout(n_before, *turns))
     # Position p predicts token p+1: the hidden state before each text token.
     h_text = h[:, n_before - 1:-1]
     mask = labels != -100
@@ -1091,6 +1156,14 @@ def main():
                     help="start from this checkpoint's weights (a continuation run) instead of random")
     ap.add_argument("--turns", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
                     help="question/answer turns per training scene")
+    ap.add_argument("--isolate", type=float, default=0.0,
+                    help="fraction of training scenes whose turns are isolated: each sees only "
+                         "the image, not the answers before it (see turn_layout)")
+    ap.add_argument("--position-turns", type=int, default=0,
+                    help="in scenes of two or more shapes, how many turns ask where a shape is")
+    ap.add_argument("--place-probe", choices=["all", "occupied"], default="all",
+                    help="what the per-row place loss asks: every row where it lies, or only "
+                         "the rows of a shape (see probe_loss)")
     ap.add_argument("--probe-weight", type=float, default=0.5,
                     help="weight of the training-only per-row colour/kind/place loss")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
@@ -1132,7 +1205,7 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
 
-    probe = CellProbe(cfg["hidden_size"])
+    probe = CellProbe(cfg["hidden_size"], 9 if args.place_probe == "all" else 10)
     params = list(model.named_parameters()) + [("probe." + n, p) for n, p in probe.named_parameters()]
     decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
@@ -1156,13 +1229,16 @@ def main():
         # Curriculum: one or two shapes first, then the full scenes.
         frac = step / args.steps
         max_shapes = 4 if args.init else 2 if frac < 0.1 else 3 if frac < 0.2 else 4
-        pixels, ids, labels, _, cells = make_batch(tok, rng, args.batch, tuple(args.turns), max_shapes)
+        pixels, ids, labels, _, cells, turns = make_batch(tok, rng, args.batch, tuple(args.turns),
+                                                          max_shapes, args.isolate,
+                                                          args.position_turns)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             rows = model.image_embeds(pixels)
-            answer_loss, _, _ = loss_and_logits(model, prefix_ids, pixels, ids, labels, rows)
-            aux = probe_loss(probe, rows, cells)
+            answer_loss, _, _ = loss_and_logits(model, prefix_ids, pixels, ids, labels, rows,
+                                                turns if args.isolate > 0 else None)
+            aux = probe_loss(probe, rows, cells, args.place_probe)
             loss = answer_loss + args.probe_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -1192,6 +1268,8 @@ def main():
     total_min = (time.time() - t_start) / 60
     meta = {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "init": args.init and os.path.basename(os.path.normpath(args.init)), "turns": list(args.turns),
+            "isolate": args.isolate, "position_turns": args.position_turns,
+            "place_probe": args.place_probe,
             "threads": args.threads, "precision": args.precision, "parameters": n_params, "train_minutes": round(train_min, 1),
             "total_minutes": round(total_min, 1), "torch": torch.__version__, **log}
     export(model, tok, cfg, vcfg, args.out, meta)

@@ -852,7 +852,7 @@ def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_t
         while True:
             k = min(position_turns, len(where), n)
             turns = pick_turns(list(rest), rng, n - k)
-            if position_turns:
+            if position_turns:  # guarded so the default draws what earlier runs drew
                 turns += rng.sample(where, k)
                 rng.shuffle(turns)
             if isolated:
@@ -889,9 +889,9 @@ def turn_layout(n_before, segs, offs):
     """RoPE positions and attention mask for a batch whose text tokens carry a turn number
     (0: one conversation, k > 0: isolated turn k) and a position within their text. An
     isolated turn sees the system prompt, the image and itself, at the positions it would
-    have as a conversation's first turn — never the turns before it, so it cannot copy its
-    answer from an earlier one (a description names the word and every shape's place) and
-    must read the image, as a first question, the way the evaluation asks, must."""
+    have as a conversation's first turn — never the turns before it. So it cannot copy its
+    answer from an earlier one (a description names the word and every shape's place): like
+    a first question, the way the evaluation asks, it must read the image."""
     b, t = segs.shape
     seg = torch.cat([torch.zeros((b, n_before), dtype=torch.long), segs], 1)
     pos = torch.cat([torch.arange(n_before).repeat(b, 1), n_before + offs], 1)

@@ -182,11 +182,13 @@ fn print(r: &BenchReport, json: bool) -> anyhow::Result<()> {
     );
     if r.mem_bandwidth_gb_s > 0.0 {
         println!(
-            "roofline:   {:.2} ({} per token × {:.2} tok/s vs {:.1} GB/s streaming read)",
+            "roofline:   {:.2} ({} per token × {:.2} tok/s vs {:.1} GB/s streaming read; \
+             {} decode runs, each between two read passes, median pass)",
             r.roofline_ratio,
             human_bytes(r.decode_weight_bytes),
-            r.decode_tok_s,
-            r.mem_bandwidth_gb_s
+            r.roofline_decode_tok_s,
+            r.mem_bandwidth_gb_s,
+            pocketvlm_engine::bench::ROOFLINE_ROUNDS
         );
     }
     Ok(())

@@ -6,7 +6,8 @@
 //!   and the SIMD integer kernels dot them with the weight blocks as stored — every weight
 //!   byte is read once per call. For one row (decode) the x86 kernels reduce 16 (8) blocks'
 //!   integer dots together before scaling them (see `simd::x86`); on AVX-512 the row is
-//!   also handed over in pair order (`simd::pair_blocks16`).
+//!   also handed over in pair order (`simd::pair_blocks16`), or, for Q4 weights with
+//!   AVX-512 VBMI, split into high and low bytes (`simd::split_blocks16`).
 //! - Quantised weights, from [`DEQUANT_MIN_ROWS`] rows on (prefill, vision): compute-bound,
 //!   so each task dequantises its panel of weight rows to f32 once (SIMD) and runs the float
 //!   tiles below over every activation row — fewer instructions per multiply than per-block
@@ -38,6 +39,8 @@ pub struct ActBuf {
     qs16: Vec<i16>,
     /// One int16 row again in the decode kernel's pair order (see `simd::pair_blocks16`).
     qs16p: Vec<i16>,
+    /// One int16 row split into bytes for the Q4 decode kernel (`simd::split_blocks16`).
+    split: Vec<u8>,
     d: Vec<f32>,
     s: Vec<f32>,
     /// Activation rows in bf16 (prefill of quantised weights).
@@ -227,12 +230,18 @@ pub fn matmul(
             });
             return;
         }
-        let pairs = wide && t_rows == 1 && simd::wants_pairs16(isa);
+        let split = wide && t_rows == 1 && simd::wants_split16(isa, w.dtype);
+        let pairs = wide && t_rows == 1 && !split && simd::wants_pairs16(isa);
+        if split {
+            buf.split.resize(simd::split16_len(nb), 0);
+            simd::split_blocks16(&buf.qs16[..k], &mut buf.split);
+        }
         if pairs {
             buf.qs16p.resize(nb / 2 * 2 * QK, 0);
             simd::pair_blocks16(&buf.qs16[..k], &mut buf.qs16p);
         }
         let paired: &[i16] = if pairs { &buf.qs16p } else { &[] };
+        let split: &[u8] = if split { &buf.split } else { &[] };
         let panel = panel_rows(n_out, t_rows, threads, true);
         let items = n_out.div_ceil(panel);
         pool.run(|ctx| {
@@ -261,6 +270,7 @@ pub fn matmul(
                             s: ss,
                             nb,
                             paired,
+                            split,
                         };
                         simd::qgemm16(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
                     } else {

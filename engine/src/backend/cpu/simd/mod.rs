@@ -129,6 +129,9 @@ pub struct Q16Acts<'a> {
     /// A single row's blocks again in the decode kernel's pair order ([`pair_blocks16`]),
     /// where [`wants_pairs16`] says the kernel reads it; empty otherwise.
     pub paired: &'a [i16],
+    /// A single row's whole 16-block groups split into bytes for the Q4 decode kernel
+    /// ([`split_blocks16`]), where [`wants_split16`] says it reads them; empty otherwise.
+    pub split: &'a [u8],
 }
 
 /// Whether this level's decode kernel (one activation row, int16) reads the activations in
@@ -140,6 +143,48 @@ pub fn wants_pairs16(isa: Isa) -> bool {
     }
     let _ = isa;
     false
+}
+
+/// Whether this level's Q4 decode kernel reads the activations split into bytes
+/// ([`split_blocks16`]) instead of in pair order.
+pub fn wants_split16(isa: Isa, dtype: DType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && matches!(dtype, DType::Q4_0 | DType::Q4_1) && x86::has_vbmi() {
+        return true;
+    }
+    let _ = (isa, dtype);
+    false
+}
+
+/// Bytes of [`split_blocks16`]'s output for a row of `nb` blocks (whole 16-block groups).
+pub fn split16_len(nb: usize) -> usize {
+    nb / 16 * 16 * QK * 2
+}
+
+/// One int16 activation row's whole 16-block groups as bytes, for a `vpdpbusd` against
+/// unsigned Q4 nibbles without losing a bit: each value `a = 256·h + l` with `h = a >> 8`
+/// (signed) and `l = a & 255` (unsigned). Each quad of blocks `4q … 4q+3` takes 256 bytes:
+/// `h` of elements 0–15 of each block (block `j` in bytes `16j …`), `h` of elements 16–31,
+/// then `l` of elements 0–15 and `l` of elements 16–31, in the same order — the order of a
+/// register holding the four blocks' 16 nibble bytes, low nibbles (elements 0–15) or high.
+pub fn split_blocks16(q: &[i16], out: &mut [u8]) {
+    const H: usize = QK / 2;
+    let quads = q.len() / QK / 16 * 4;
+    for (quad, dst) in q
+        .chunks_exact(4 * QK)
+        .take(quads)
+        .zip(out.chunks_exact_mut(256))
+    {
+        for (j, block) in quad.chunks_exact(QK).enumerate() {
+            for (half, vals) in block.chunks_exact(H).enumerate() {
+                for (i, &a) in vals.iter().enumerate() {
+                    let at = half * 64 + j * H + i;
+                    dst[at] = (a >> 8) as u8;
+                    dst[128 + at] = a as u8;
+                }
+            }
+        }
+    }
 }
 
 /// One int16 activation row in pair order: for blocks 2p and 2p+1, elements 0–15 of both,
@@ -168,6 +213,7 @@ impl<'a> Q16Acts<'a> {
             s: &self.s[first..self.nb],
             nb: self.nb - first,
             paired: &[],
+            split: &[],
         }
     }
 }

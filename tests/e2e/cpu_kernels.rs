@@ -134,6 +134,19 @@ fn bench_reports_every_contract_field_for_a_synthetic_model() {
     ] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
+    // The roofline: decode runs interleaved with read passes, both positive.
+    let roof = BenchConfig {
+        measure_bandwidth: true,
+        ..cfg.clone()
+    };
+    let r = bench::run(&mut model, &spec, "smollm2", 1.0, &roof, &be).unwrap();
+    assert!(r.mem_bandwidth_gb_s > 0.0 && r.roofline_decode_tok_s > 0.0);
+    let expected =
+        r.decode_weight_bytes as f64 * r.roofline_decode_tok_s / (r.mem_bandwidth_gb_s * 1e9);
+    assert!(
+        (r.roofline_ratio - expected).abs() <= 1e-9 * expected,
+        "{r:?}"
+    );
     // Too long a run for the context is an error, not a panic.
     let long = BenchConfig {
         prompt_tokens: 100,

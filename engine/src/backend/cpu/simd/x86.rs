@@ -1113,6 +1113,64 @@ unsafe fn q16row512<F: Fmt16 + Fmt512>(w: *const u8, acts: &super::Q16Acts, t: u
 /// 47.4–48.6 tok/s without it and 48.8–52.6 with it (1024 bytes ahead: 49.2; 4096: 53.0).
 const PREFETCH_AHEAD: usize = 2048;
 
+/// Prefetches the `len` bytes from `p` (a hint: past the weights' end it is harmless).
+#[inline(always)]
+unsafe fn prefetch_lines(p: *const u8, len: usize) {
+    let mut o = 0;
+    while o < len {
+        // SAFETY: prefetching never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8) };
+        o += 64;
+    }
+}
+
+/// Adds a 16-block group's scaled dot to `acc`: `dot` holds block `b0 + j`'s integer sum
+/// `Σ q·a` in lane `j`, `d16`/`m16` the blocks' f16 `d_w` (and Q4_1's `m_w`).
+/// `Σ d_w (q − offset) · d_x a = d_w · (d_x Σ q a − offset · s)`, plus `m_w · s` (Q4_1).
+#[inline(always)]
+unsafe fn scale_group<F: Fmt16>(
+    acc: __m512,
+    dot: __m512i,
+    acts: &super::Q16Acts,
+    b0: usize,
+    d16: __m256i,
+    m16: __m256i,
+) -> __m512 {
+    unsafe {
+        let dot = _mm512_cvtepi32_ps(dot);
+        let dx = _mm512_loadu_ps(acts.d.as_ptr().add(b0));
+        let sx = _mm512_loadu_ps(acts.s.as_ptr().add(b0));
+        let dw = _mm512_cvtph_ps(d16);
+        let t = if F::OFFSET != 0 {
+            let offset = _mm512_set1_ps(F::OFFSET as f32);
+            _mm512_fmsub_ps(dot, dx, _mm512_mul_ps(offset, sx))
+        } else {
+            _mm512_mul_ps(dot, dx)
+        };
+        let acc = _mm512_fmadd_ps(dw, t, acc);
+        if F::MIN {
+            _mm512_fmadd_ps(_mm512_cvtph_ps(m16), sx, acc)
+        } else {
+            acc
+        }
+    }
+}
+
+/// A grouped decode kernel's row total: `acc`'s lanes plus the blocks after the last
+/// whole 16 (through [`q16row512`]).
+#[inline(always)]
+unsafe fn finish_row<F: Fmt16 + Fmt512>(acc: __m512, w: *const u8, acts: &super::Q16Acts) -> f32 {
+    unsafe {
+        let mut sum = _mm512_reduce_add_ps(acc);
+        let done = acts.nb / 16 * 16;
+        if done < acts.nb {
+            let rest = acts.blocks_from(done);
+            sum += q16row512::<F>(w.add(done * <F as Fmt16>::BYTES), &rest, 0);
+        }
+        sum
+    }
+}
+
 /// A weight format whose blocks widen two at a time into the pair order of
 /// [`super::pair_blocks16`] (decode kernel).
 trait Pair16: Fmt16 {
@@ -1294,18 +1352,12 @@ unsafe fn q16row512_grouped<F: Pair16 + Fmt512, const VBMI: bool>(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(bytes as i32),
         );
-        let offset = _mm512_set1_ps(<F as Fmt16>::OFFSET as f32);
         let mut acc = _mm512_setzero_ps();
         for g in 0..groups {
             let b0 = g * 16;
             // The rows of a panel are one contiguous stream; fetch the bytes PREFETCH_AHEAD
-            // past this group (a hint: past the panel's end it is harmless).
-            let p = w.wrapping_add(b0 * bytes + PREFETCH_AHEAD);
-            let mut o = 0;
-            while o < 16 * bytes {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8);
-                o += 64;
-            }
+            // past this group.
+            prefetch_lines(w.wrapping_add(b0 * bytes + PREFETCH_AHEAD), 16 * bytes);
             let mut v = [_mm512_setzero_si512(); 8];
             for (p, vp) in v.iter_mut().enumerate() {
                 let b = b0 + 2 * p;
@@ -1318,9 +1370,6 @@ unsafe fn q16row512_grouped<F: Pair16 + Fmt512, const VBMI: bool>(
                 );
                 *vp = _mm512_dpwssd_epi32(dot, hi, _mm512_loadu_si512(a.add(32) as *const __m512i));
             }
-            let dot = _mm512_cvtepi32_ps(reduce_pairs(&v));
-            let dx = _mm512_loadu_ps(acts.d.as_ptr().add(b0));
-            let sx = _mm512_loadu_ps(acts.s.as_ptr().add(b0));
             // The blocks' d (and Q4_1's m) as 16 f16 values each.
             let (d16, m16) = if VBMI {
                 let h = heads_vbmi(w.add(b0 * bytes), &F::HEADS);
@@ -1333,26 +1382,9 @@ unsafe fn q16row512_grouped<F: Pair16 + Fmt512, const VBMI: bool>(
                     _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head)),
                 )
             };
-            let dw = _mm512_cvtph_ps(d16);
-            // Σ d_w (q − offset) · d_x a = d_w · (d_x Σ q a − offset · s).
-            let t = if <F as Fmt16>::OFFSET != 0 {
-                _mm512_fmsub_ps(dot, dx, _mm512_mul_ps(offset, sx))
-            } else {
-                _mm512_mul_ps(dot, dx)
-            };
-            acc = _mm512_fmadd_ps(dw, t, acc);
-            if <F as Fmt16>::MIN {
-                let m = _mm512_cvtph_ps(m16);
-                acc = _mm512_fmadd_ps(m, sx, acc);
-            }
+            acc = scale_group::<F>(acc, reduce_pairs(&v), acts, b0, d16, m16);
         }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        let done = groups * 16;
-        if done < nb {
-            let rest = acts.blocks_from(done);
-            sum += q16row512::<F>(w.add(done * bytes), &rest, 0);
-        }
-        sum
+        finish_row::<F>(acc, w, acts)
     }
 }
 
@@ -1455,19 +1487,13 @@ unsafe fn q16row512_split<F: Nib16 + Fmt512>(w: *const u8, acts: &super::Q16Acts
         let bytes = <F as Fmt16>::BYTES;
         let sa = acts.split.as_ptr();
         let low = _mm512_set1_epi8(0x0F);
-        let offset = _mm512_set1_ps(<F as Fmt16>::OFFSET as f32);
         let quads = F::quads();
         let mut acc = _mm512_setzero_ps();
         for g in 0..groups {
             let b0 = g * 16;
             let base = w.add(b0 * bytes);
             // As in `q16row512_grouped`: the hardware prefetcher stops at page ends.
-            let p = base.wrapping_add(PREFETCH_AHEAD);
-            let mut o = 0;
-            while o < 16 * bytes {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8);
-                o += 64;
-            }
+            prefetch_lines(base.wrapping_add(PREFETCH_AHEAD), 16 * bytes);
             let c: [__m512i; 4] = std::array::from_fn(|q| {
                 let win = &quads[q];
                 let nib = _mm512_permutex2var_epi8(
@@ -1484,29 +1510,11 @@ unsafe fn q16row512_split<F: Nib16 + Fmt512>(w: *const u8, acts: &super::Q16Acts
                 let l = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ld(128), lo), ld(192), hi);
                 _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l)
             });
-            let dot = _mm512_cvtepi32_ps(reduce_quads(&c));
-            let dx = _mm512_loadu_ps(acts.d.as_ptr().add(b0));
-            let sx = _mm512_loadu_ps(acts.s.as_ptr().add(b0));
             let h = heads_vbmi(base, &F::HEADS);
-            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-            let t = if <F as Fmt16>::OFFSET != 0 {
-                _mm512_fmsub_ps(dot, dx, _mm512_mul_ps(offset, sx))
-            } else {
-                _mm512_mul_ps(dot, dx)
-            };
-            acc = _mm512_fmadd_ps(dw, t, acc);
-            if <F as Fmt16>::MIN {
-                let m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
-                acc = _mm512_fmadd_ps(m, sx, acc);
-            }
+            let (d16, m16) = (_mm512_castsi512_si256(h), _mm512_extracti64x4_epi64::<1>(h));
+            acc = scale_group::<F>(acc, reduce_quads(&c), acts, b0, d16, m16);
         }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        let done = groups * 16;
-        if done < nb {
-            let rest = acts.blocks_from(done);
-            sum += q16row512::<F>(w.add(done * bytes), &rest, 0);
-        }
-        sum
+        finish_row::<F>(acc, w, acts)
     }
 }
 

@@ -42,13 +42,15 @@ pub fn available_bytes() -> Option<u64> {
 }
 
 /// Estimates a model's memory: every tensor in the format it will be stored in, the KV
-/// cache at full context, and the activation buffers of one prefill chunk.
+/// cache at full context (`kv_value_bytes` a value), and the activation buffers of one
+/// prefill chunk.
 pub fn estimate(
     spec: &ModelSpec,
     src: &dyn TensorSource,
     llm: Option<DType>,
     vision: Option<DType>,
     context_len: usize,
+    kv_value_bytes: usize,
 ) -> MemoryEstimate {
     let cfg = &spec.llm;
     let mut weights = 0u64;
@@ -76,7 +78,7 @@ pub fn estimate(
         weights += bytes;
     }
     let kv_dim = cfg.num_kv_heads * cfg.head_dim;
-    let kv_cache = (2 * cfg.num_layers * context_len * kv_dim * 4) as u64;
+    let kv_cache = (2 * cfg.num_layers * context_len * kv_dim * kv_value_bytes) as u64;
     let per_row = 8 * cfg.hidden_size + 3 * cfg.intermediate_size + cfg.vocab_size;
     let mut activations = (PREFILL_CHUNK * per_row * 4) as u64;
     if let Some(v) = &spec.vision {

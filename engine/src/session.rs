@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, KvPrecision};
 use crate::backend::gpu::{GpuBackend, GpuOptions};
 use crate::chat::{Message, templates};
 use crate::error::{Error, Result};
@@ -81,6 +81,17 @@ pub struct LoadOptions {
     /// backend encodes on a thread of its own while the language model prefills.
     #[serde(default)]
     pub vision_backend: Option<BackendKind>,
+    /// How the CPU backend keeps the KV cache: f16 (the default, or `POCKETVLM_KV`) or f32
+    /// (exact, twice the memory). The GPU backend keeps it in f32.
+    #[serde(default)]
+    pub kv_cache: Option<KvPrecision>,
+}
+
+impl LoadOptions {
+    /// The CPU backend's KV-cache format: `kv_cache`, else `POCKETVLM_KV`, else f16.
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv_cache.unwrap_or_else(KvPrecision::from_env)
+    }
 }
 
 /// What the UI and `pocketvlm info` show about a loaded model.
@@ -532,8 +543,20 @@ impl Session {
             vision: opts.vision_quant,
         };
         if let Some(available) = opts.memory_limit.or_else(crate::memory::available_bytes) {
-            let needed =
-                crate::memory::estimate(&spec, src, opts.quant, opts.vision_quant, context_len);
+            // A cache on the CPU takes its format's bytes; on a GPU (or `auto`, which may
+            // choose one), 4.
+            let kv_value_bytes = match opts.backend {
+                BackendKind::Cpu => opts.kv_precision().value_bytes(),
+                _ => 4,
+            };
+            let needed = crate::memory::estimate(
+                &spec,
+                src,
+                opts.quant,
+                opts.vision_quant,
+                context_len,
+                kv_value_bytes,
+            );
             let quantised = opts.quant.is_some_and(|q| q.is_quantized());
             crate::memory::check(needed, available, quantised, context_len)?;
         }
@@ -1223,7 +1246,7 @@ fn load_model(
     context_len: usize,
 ) -> Result<Box<dyn Model>> {
     let gpu = || GpuBackend::new(&GpuOptions::default());
-    let cpu = || CpuBackend::new(opts.threads);
+    let cpu = || CpuBackend::with_kv(opts.threads, opts.kv_precision());
     let llm_on_gpu = kind == BackendKind::Gpu;
     let vision_on_gpu = match opts.vision_backend {
         Some(BackendKind::Gpu) => true,

@@ -7,17 +7,14 @@ use pocketvlm_engine::model::{ImageId, Logits, Segment};
 use pocketvlm_engine::quantize::{quantize_checkpoint, write_gguf};
 use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{LoadOptions, Message, Session};
-use pocketvlm_tests::{Reference, fixture, max_abs_diff};
+use pocketvlm_tests::{Reference, exact, fixture, max_abs_diff};
 
 fn load(path: &std::path::Path, opts: LoadOptions) -> Session {
     Session::load(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn with_quant(quant: Option<DType>) -> LoadOptions {
-    LoadOptions {
-        quant,
-        ..Default::default()
-    }
+    LoadOptions { quant, ..exact() }
 }
 
 #[test]
@@ -35,7 +32,7 @@ fn quantised_directories_load_back_exactly() {
             "{report:?}"
         );
         let ids = Reference::open(&fixture(name)).ids("input_ids");
-        let from_dir = load(&out, LoadOptions::default()).logits(&ids).unwrap();
+        let from_dir = load(&out, exact()).logits(&ids).unwrap();
         let on_load = load(&fixture(name), with_quant(Some(dtype)))
             .logits(&ids)
             .unwrap();
@@ -53,19 +50,19 @@ fn quantised_directories_load_back_exactly() {
         Some(DType::Q8_0),
     )
     .unwrap();
-    let info = load(&out, LoadOptions::default()).info().clone();
+    let info = load(&out, exact()).info().clone();
     assert!(
         info.dtypes.contains_key("q4_0") && info.dtypes.contains_key("q8_0"),
         "{:?}",
         info.dtypes
     );
-    let mut a = load(&out, LoadOptions::default());
+    let mut a = load(&out, exact());
     let mut b = load(
         &fixture("mobilevlm_v2"),
         LoadOptions {
             quant: Some(DType::Q4_0),
             vision_quant: Some(DType::Q8_0),
-            ..Default::default()
+            ..exact()
         },
     );
     let msg =
@@ -98,7 +95,7 @@ fn llama_gguf_matches_the_hugging_face_layout() {
         );
         assert!(file.tensors.contains_key("blk.1.attn_q.weight"));
 
-        let mut gguf = load(&path, LoadOptions::default());
+        let mut gguf = load(&path, exact());
         let mut hf = load(&fixture(name), with_quant(Some(dtype)));
         // Same tokenizer and template, rebuilt from GGUF metadata.
         let msg = [Message::user("What is the capital of France? Ünïcödé 😀")];
@@ -131,8 +128,8 @@ fn sentencepiece_tokenizer_survives_the_gguf_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("mobilellama.gguf");
     write_gguf(&fixture("mobilevlm_v2"), &path, DType::F32).unwrap();
-    let gguf = load(&path, LoadOptions::default());
-    let hf = load(&fixture("mobilevlm_v2"), LoadOptions::default());
+    let gguf = load(&path, exact());
+    let hf = load(&fixture("mobilevlm_v2"), exact());
     for text in [
         "USER: What is shown in this image? ASSISTANT:",
         "  two  spaces\nnewline 😀 東京",
@@ -158,7 +155,7 @@ fn mmproj_gguf_pairs_into_mobilevlm() {
             &llm,
             LoadOptions {
                 mmproj: Some(dir.join("mmproj-model-f16.gguf")),
-                ..Default::default()
+                ..exact()
             },
         );
         assert!(

@@ -63,12 +63,20 @@ fn load<B: Backend>(be: B, name: &str, quant: Option<DType>) -> (Vlm<B>, ModelSp
     (model, spec)
 }
 
-/// The CPU with exact (f32) prefill, the GPU's own arithmetic: the default bf16 prefill of
-/// quantised weights would differ by bf16 rounding, not by a GPU error.
+/// The CPU with exact (f32) prefill and an f32 KV cache, the GPU's own arithmetic: the
+/// default bf16 prefill of quantised weights and f16 cache would differ by their rounding,
+/// not by a GPU error.
 fn cpu() -> CpuBackend {
+    use pocketvlm_engine::backend::cpu::KvPrecision;
     use pocketvlm_engine::backend::cpu::matmul::ActPrecision;
     use pocketvlm_engine::backend::cpu::simd::Isa;
-    CpuBackend::with_options(Some(2), Isa::detect(), ActPrecision::Int16).unwrap()
+    CpuBackend::with_options(
+        Some(2),
+        Isa::detect(),
+        ActPrecision::Int16,
+        KvPrecision::F32,
+    )
+    .unwrap()
 }
 
 fn gpu() -> GpuBackend {

@@ -1,12 +1,46 @@
 //! LLaMA-family fixtures: logits and greedy continuations must match transformers.
 
+use pocketvlm_engine::backend::cpu::KvPrecision;
 use pocketvlm_engine::{LoadOptions, SamplingParams, Session};
-use pocketvlm_tests::{Reference, fixture, max_abs_diff};
+use pocketvlm_tests::{Reference, exact, fixture, max_abs_diff};
 
 const FIXTURES: [&str; 3] = ["llama_mha", "llama_gqa", "llama_scaled"];
 
 fn load(name: &str) -> Session {
-    Session::load(&fixture(name), &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    Session::load(&fixture(name), &exact()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The default f16 KV cache: logits within 1e-3 of transformers' (each cached value
+/// rounded to 11 bits) and the same greedy continuations.
+#[test]
+fn an_f16_kv_cache_keeps_greedy_tokens() {
+    for name in FIXTURES {
+        let reference = Reference::open(&fixture(name));
+        let ids = reference.ids("input_ids");
+        let (_, expected) = reference.f32("logits");
+        let opts = LoadOptions {
+            kv_cache: Some(KvPrecision::F16),
+            ..LoadOptions::default()
+        };
+        let mut session = Session::load(&fixture(name), &opts).unwrap_or_else(|e| panic!("{e}"));
+        let got = session.logits(&ids).unwrap();
+        let (diff, scale) = max_abs_diff(&got, &expected);
+        eprintln!("{name} f16 cache: max|Δ| = {diff:.3e}, max|ref| = {scale:.3}");
+        assert!(
+            diff <= 1e-3 * scale,
+            "{name}: max|Δ| {diff} > 1e-3 × {scale}"
+        );
+        let want = reference.ids("generated_ids");
+        let params = SamplingParams {
+            max_tokens: want.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let generation = session
+            .generate(&ids, &params, &|| false, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(generation.tokens, want, "{name}");
+    }
 }
 
 #[test]

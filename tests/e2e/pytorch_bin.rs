@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use pocketvlm_engine::load::pytorch::PytorchFile;
 use pocketvlm_engine::load::safetensors::{Checkpoint, SafetensorsFile};
-use pocketvlm_engine::{Error, LoadOptions, Session};
-use pocketvlm_tests::{Reference, fixture, max_abs_diff};
+use pocketvlm_engine::{Error, Session};
+use pocketvlm_tests::{Reference, exact, fixture, max_abs_diff};
 
 /// What malicious.bin's pickle would create (relative to the working directory) if it ran.
 const MARKER: &str = "pocketvlm-pickle-ran.marker";
@@ -483,8 +483,7 @@ fn models_load_from_pytorch_checkpoints_with_the_same_logits() {
         let reference = Reference::open(&fixture(name));
         let ids = reference.ids("input_ids");
         let (_, expected) = reference.f32("logits");
-        let mut session =
-            Session::load(dir.path(), &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let mut session = Session::load(dir.path(), &exact()).unwrap_or_else(|e| panic!("{e}"));
         let got = session.logits(&ids).unwrap();
         let (diff, scale) = max_abs_diff(&got, &expected);
         eprintln!("{name} as pytorch_model.bin: max|Δ| = {diff:.3e}, max|ref| = {scale:.3}");

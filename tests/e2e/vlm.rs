@@ -5,11 +5,11 @@
 //! These tests start from the reference `pixel_values`, so they check the models alone;
 //! preprocessing has its own tests.
 
+use pocketvlm_engine::Session;
 use pocketvlm_engine::generate::{self, SamplingParams};
 use pocketvlm_engine::model::spec::ImagePlaceholder;
 use pocketvlm_engine::model::{ImageId, Logits, Segment};
-use pocketvlm_engine::{LoadOptions, Session};
-use pocketvlm_tests::{Reference, fixture, max_abs_diff};
+use pocketvlm_tests::{Reference, exact, fixture, max_abs_diff};
 
 const FAMILIES: [(&str, &str); 6] = [
     ("mobilevlm_v1", "mobilevlm"),
@@ -22,7 +22,7 @@ const FAMILIES: [(&str, &str); 6] = [
 ];
 
 fn load(name: &str) -> Session {
-    Session::load(&fixture(name), &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+    Session::load(&fixture(name), &exact()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn assert_close(what: &str, got: &[f32], expected: &[f32]) {

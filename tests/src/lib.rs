@@ -3,7 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
+use pocketvlm_engine::LoadOptions;
+use pocketvlm_engine::backend::cpu::KvPrecision;
 use pocketvlm_engine::load::safetensors::SafetensorsFile;
+
+/// Load options for matching transformers to 1e-4: the default otherwise, with an f32 KV
+/// cache (the default f16 cache rounds each cached value to 11 bits; see
+/// `llama::an_f16_kv_cache_keeps_greedy_tokens`).
+pub fn exact() -> LoadOptions {
+    LoadOptions {
+        kv_cache: Some(KvPrecision::F32),
+        ..Default::default()
+    }
+}
 
 /// `tests/fixtures/<name>`.
 pub fn fixture(name: &str) -> PathBuf {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use pocketvlm_engine::backend::cpu::CpuBackend;
+use pocketvlm_engine::backend::cpu::{CpuBackend, KvPrecision};
 use pocketvlm_engine::bench::{self, BenchConfig, BenchReport};
 use pocketvlm_engine::model::synthetic;
 use pocketvlm_engine::tensor::DType;
@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// Positions per prefill chunk (default 128).
     #[arg(long)]
     prefill_chunk: Option<usize>,
+    /// KV cache on the CPU: f16 (default) or f32.
+    #[arg(long, value_parser = super::parse_kv_cache)]
+    kv_cache: Option<KvPrecision>,
     /// With --synthetic: write the language model as a llama GGUF to this file and exit
     /// (to run the same shapes in llama.cpp).
     #[arg(long, requires = "synthetic")]
@@ -89,6 +92,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             mmproj: args.mmproj.clone(),
             prefill_chunk: args.prefill_chunk,
             vision_backend: args.vision_backend,
+            kv_cache: args.kv_cache,
             ..Default::default()
         };
         let mut session = match (&args.synthetic, &args.model) {
@@ -112,6 +116,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         vision_quant: args.vision_quant,
         mmproj: args.mmproj.clone(),
         vision_backend: args.vision_backend,
+        kv_cache: args.kv_cache,
         ..Default::default()
     };
     let (mut session, label) = if let Some(name) = &args.synthetic {

@@ -12,6 +12,7 @@ mod scenario;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use pocketvlm_engine::backend::cpu::KvPrecision;
 use pocketvlm_engine::tensor::DType;
 use pocketvlm_engine::{BackendKind, LoadOptions};
 
@@ -74,6 +75,15 @@ pub struct ModelArgs {
     /// Prompt positions per prefill call (default 128); Cancel waits for at most one.
     #[arg(long)]
     prefill_chunk: Option<usize>,
+    /// KV cache on the CPU: f16 (default, half the memory) or f32 (exact).
+    #[arg(long, value_parser = parse_kv_cache)]
+    kv_cache: Option<KvPrecision>,
+}
+
+/// `--kv-cache`: f16 or f32.
+pub fn parse_kv_cache(s: &str) -> Result<KvPrecision, String> {
+    KvPrecision::parse(s)
+        .ok_or_else(|| format!("unknown KV-cache format `{s}` (expected f16 or f32)"))
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -106,6 +116,7 @@ impl ModelArgs {
             mmproj: self.mmproj.clone(),
             prefill_chunk: self.prefill_chunk,
             vision_backend: self.vision_backend,
+            kv_cache: self.kv_cache,
             ..Default::default()
         }
     }

@@ -104,6 +104,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// A zeroed tensor with room for `rows` rows of `cols` values; its row count is `rows`.
     fn tensor(&self, rows: usize, cols: usize) -> Self::Tensor;
+    /// An empty KV-cache tensor of `cols` values per row: grown by `reserve_rows`, written
+    /// by `store_kv` and read by `attention` (and `read`) only, so a backend may keep it in
+    /// a narrower format.
+    fn kv_tensor(&self, cols: usize) -> Self::Tensor {
+        self.tensor(0, cols)
+    }
+    /// Bytes the current rows of `t` occupy.
+    fn tensor_bytes(&self, t: &Self::Tensor) -> usize {
+        self.rows(t) * self.cols(t) * 4
+    }
     fn rows(&self, t: &Self::Tensor) -> usize;
     fn cols(&self, t: &Self::Tensor) -> usize;
     /// Sets the row count (at most the capacity) without touching the data.

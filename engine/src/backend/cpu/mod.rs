@@ -19,29 +19,80 @@ use std::sync::{Arc, Mutex};
 use super::{Activation, AttentionShape, Backend, Grid, RopeShape};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostTensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use pool::ThreadPool;
 pub use simd::Isa;
 
 /// Element-wise ops smaller than this run on the calling thread.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
-/// Activations: `rows × cols` f32 values in a buffer with room for `capacity` rows.
+/// Activations: `rows × cols` f32 values in a buffer with room for `capacity` rows. A KV
+/// cache ([`Backend::kv_tensor`]) keeps its rows in `half` (f16) instead, unless
+/// `POCKETVLM_KV=f32`: half the memory, and half the bytes each decoded token reads.
 #[derive(Clone, Debug)]
 pub struct CpuTensor {
     data: Vec<f32>,
+    half: Vec<f16>,
+    is_f16: bool,
     rows: usize,
     cols: usize,
 }
 
 impl CpuTensor {
+    /// The f32 rows (not of an f16 KV cache).
     pub fn as_slice(&self) -> &[f32] {
+        debug_assert!(!self.is_f16, "f32 view of an f16 KV cache");
         &self.data[..self.rows * self.cols]
     }
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        debug_assert!(!self.is_f16, "f32 view of an f16 KV cache");
         &mut self.data[..self.rows * self.cols]
     }
     fn capacity(&self) -> usize {
-        self.data.len().checked_div(self.cols).unwrap_or(0)
+        let len = if self.is_f16 {
+            self.half.len()
+        } else {
+            self.data.len()
+        };
+        len.checked_div(self.cols).unwrap_or(0)
+    }
+}
+
+/// How the CPU backend stores the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvPrecision {
+    /// f16 (the default, as llama.cpp's): each value rounded once when stored.
+    F16,
+    /// f32: exact.
+    F32,
+}
+
+impl KvPrecision {
+    /// The default ([`KvPrecision::F16`]), or `POCKETVLM_KV=f16|f32`.
+    pub fn from_env() -> Self {
+        match std::env::var("POCKETVLM_KV").as_deref() {
+            Ok("f32") => KvPrecision::F32,
+            _ => KvPrecision::F16,
+        }
+    }
+
+    /// `f16` or `f32`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f16" => Some(KvPrecision::F16),
+            "f32" => Some(KvPrecision::F32),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one cached value.
+    pub fn value_bytes(self) -> usize {
+        match self {
+            KvPrecision::F16 => 2,
+            KvPrecision::F32 => 4,
+        }
     }
 }
 
@@ -49,6 +100,7 @@ struct Inner {
     pool: ThreadPool,
     isa: Isa,
     precision: matmul::ActPrecision,
+    kv: KvPrecision,
     acts: Mutex<matmul::ActBuf>,
 }
 
@@ -78,16 +130,27 @@ impl CpuBackend {
         Self::with_isa(threads, Isa::detect())
     }
 
-    /// The same with a given instruction-set level (which the CPU must have).
-    pub fn with_isa(threads: Option<usize>, isa: Isa) -> Result<Self> {
-        Self::with_options(threads, isa, matmul::ActPrecision::from_env())
+    /// The same with a given KV-cache format.
+    pub fn with_kv(threads: Option<usize>, kv: KvPrecision) -> Result<Self> {
+        Self::with_options(threads, Isa::detect(), matmul::ActPrecision::from_env(), kv)
     }
 
-    /// The same with a given activation precision for quantised weights.
+    /// The same with a given instruction-set level (which the CPU must have).
+    pub fn with_isa(threads: Option<usize>, isa: Isa) -> Result<Self> {
+        Self::with_options(
+            threads,
+            isa,
+            matmul::ActPrecision::from_env(),
+            KvPrecision::from_env(),
+        )
+    }
+
+    /// The same with a given activation precision for quantised weights and KV-cache format.
     pub fn with_options(
         threads: Option<usize>,
         isa: Isa,
         precision: matmul::ActPrecision,
+        kv: KvPrecision,
     ) -> Result<Self> {
         if !Isa::available().contains(&isa) {
             return Err(Error::InvalidArgument(format!(
@@ -103,6 +166,7 @@ impl CpuBackend {
                 pool,
                 isa,
                 precision,
+                kv,
                 acts: Mutex::new(matmul::ActBuf::default()),
             }),
         })
@@ -114,6 +178,11 @@ impl CpuBackend {
 
     pub fn isa(&self) -> Isa {
         self.inner.isa
+    }
+
+    /// How this backend stores KV caches (`POCKETVLM_KV`).
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.inner.kv
     }
 
     /// The backend's thread pool (benchmarks run their own jobs on it).
@@ -158,12 +227,13 @@ impl CpuBackend {
     }
 }
 
-/// Fills an attention tile's scores with the flavour's dedicated kernel, if it has one.
+/// Fills an attention tile's scores with the flavour's dedicated kernel, if it has one
+/// (keys in f32, or an f16 cache).
 #[allow(clippy::too_many_arguments)]
-fn fast_scores(
+fn fast_scores<K: ScoreKey>(
     isa: Isa,
     q: &[f32],
-    k: &[f32],
+    k: &[K],
     shape: AttentionShape,
     pos0: usize,
     h: usize,
@@ -203,6 +273,14 @@ fn fast_scores(
     false
 }
 
+/// A key element type [`fast_scores`] takes.
+#[cfg(target_arch = "x86_64")]
+trait ScoreKey: simd::x86::KeyElem {}
+#[cfg(not(target_arch = "x86_64"))]
+trait ScoreKey {}
+impl ScoreKey for f32 {}
+impl ScoreKey for f16 {}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = HostTensor;
@@ -225,9 +303,27 @@ impl Backend for CpuBackend {
     fn tensor(&self, rows: usize, cols: usize) -> CpuTensor {
         CpuTensor {
             data: vec![0.0; rows * cols],
+            half: Vec::new(),
+            is_f16: false,
             rows,
             cols,
         }
+    }
+
+    fn kv_tensor(&self, cols: usize) -> CpuTensor {
+        CpuTensor {
+            is_f16: self.inner.kv == KvPrecision::F16,
+            ..self.tensor(0, cols)
+        }
+    }
+
+    fn tensor_bytes(&self, t: &CpuTensor) -> usize {
+        let kv = if t.is_f16 {
+            KvPrecision::F16
+        } else {
+            KvPrecision::F32
+        };
+        t.rows * t.cols * kv.value_bytes()
     }
 
     fn rows(&self, t: &CpuTensor) -> usize {
@@ -249,7 +345,11 @@ impl Backend for CpuBackend {
 
     fn reserve_rows(&self, t: &mut CpuTensor, rows: usize) {
         if rows > t.capacity() {
-            t.data.resize(rows * t.cols, 0.0);
+            if t.is_f16 {
+                t.half.resize(rows * t.cols, f16::ZERO);
+            } else {
+                t.data.resize(rows * t.cols, 0.0);
+            }
         }
     }
 
@@ -261,6 +361,11 @@ impl Backend for CpuBackend {
     }
 
     fn read(&self, t: &CpuTensor) -> Vec<f32> {
+        if t.is_f16 {
+            let mut out = vec![0.0; t.rows * t.cols];
+            t.half[..out.len()].convert_to_f32_slice(&mut out);
+            return out;
+        }
         t.as_slice().to_vec()
     }
 
@@ -365,7 +470,11 @@ impl Backend for CpuBackend {
         // Rows past the new end belong to an abandoned continuation.
         cache.rows = end;
         let c = src.cols;
-        cache.data[pos0 * c..end * c].copy_from_slice(src.as_slice());
+        if cache.is_f16 {
+            cache.half[pos0 * c..end * c].convert_from_f32_slice(src.as_slice());
+        } else {
+            cache.data[pos0 * c..end * c].copy_from_slice(src.as_slice());
+        }
     }
 
     fn attention(
@@ -379,7 +488,17 @@ impl Backend for CpuBackend {
     ) {
         self.set_rows(out, q.rows);
         let n_keys = k.rows;
-        let (k, v, q_data) = (k.as_slice(), v.as_slice(), q.as_slice());
+        assert_eq!(k.is_f16, v.is_f16, "K and V caches in one format");
+        let halves = k.is_f16.then(|| {
+            let len = n_keys * k.cols;
+            (&k.half[..len], &v.half[..len])
+        });
+        let (k, v) = if halves.is_some() {
+            (&[][..], &[][..])
+        } else {
+            (k.as_slice(), v.as_slice())
+        };
+        let q_data = q.as_slice();
         let isa = self.isa();
         let tiles = q.rows.div_ceil(ops::ATTN_TILE);
         let items = shape.n_heads * tiles;
@@ -391,7 +510,9 @@ impl Backend for CpuBackend {
         // One item per (head, tile of query rows); each writes its own slices of `out`.
         self.inner.pool.run(|ctx| {
             let items_counter = ctx.items();
-            let scores = ctx.scratch.f32s(ops::ATTN_TILE * n_keys.max(1));
+            // (An f16 cache's key rows are widened into the last head_dim values.)
+            let extra = if halves.is_some() { shape.head_dim } else { 0 };
+            let scores = ctx.scratch.f32s(ops::ATTN_TILE * n_keys.max(1) + extra);
             loop {
                 let i = items_counter.next();
                 if i >= items {
@@ -400,6 +521,14 @@ impl Backend for CpuBackend {
                 let (h, tile) = (i % shape.n_heads, i / shape.n_heads);
                 let t0 = tile * ops::ATTN_TILE;
                 let nt = ops::ATTN_TILE.min(q_rows - t0);
+                if let Some((kh, vh)) = halves {
+                    let ready =
+                        fast_scores(isa, q_data, kh, shape, pos0, h, t0, nt, n_keys, scores);
+                    ops::attention_tile_f16(
+                        isa, q_data, kh, vh, shape, pos0, h, t0, nt, scores, ready, out_ptr,
+                    );
+                    continue;
+                }
                 let ready = fast_scores(isa, q_data, k, shape, pos0, h, t0, nt, n_keys, scores);
                 ops::attention_tile(
                     isa, q_data, k, v, shape, pos0, h, t0, nt, scores, ready, out_ptr,
@@ -565,6 +694,40 @@ mod tests {
                         &expected,
                         1e-5,
                         &format!("{isa:?} attention"),
+                    );
+
+                    // An f16 KV cache: the same attention of the values rounded to f16.
+                    let prec = matmul::ActPrecision::from_env();
+                    let be16 = CpuBackend::with_options(Some(threads), isa, prec, KvPrecision::F16)
+                        .unwrap();
+                    let round = |x: &[f32]| -> Vec<f32> {
+                        x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+                    };
+                    let (k16, v16) = (round(&k), round(&v));
+                    scalar::attention(&q, &k16, &v16, shape, pos0, &mut expected);
+                    let (mut kc, mut vc) = (be16.kv_tensor(kv * hd), be16.kv_tensor(kv * hd));
+                    be16.reserve_rows(&mut kc, ctx);
+                    be16.reserve_rows(&mut vc, ctx);
+                    // Stored in two steps, as prefill and decode do.
+                    be16.store_kv(
+                        &upload(&be16, ctx - 1, kv * hd, &k[..(ctx - 1) * kv * hd]),
+                        &mut kc,
+                        0,
+                    );
+                    be16.store_kv(
+                        &upload(&be16, 1, kv * hd, &k[(ctx - 1) * kv * hd..]),
+                        &mut kc,
+                        ctx - 1,
+                    );
+                    be16.store_kv(&upload(&be16, ctx, kv * hd, &v), &mut vc, 0);
+                    assert_eq!(be16.read(&kc), k16);
+                    assert_eq!(be16.tensor_bytes(&kc), ctx * kv * hd * 2);
+                    be16.attention(&qt, &kc, &vc, shape, pos0, &mut out);
+                    close(
+                        &be16.read(&out),
+                        &expected,
+                        1e-5,
+                        &format!("{isa:?} attention over an f16 cache"),
                     );
                 }
             }

@@ -315,15 +315,59 @@ pub fn key_span(
     if first > last { (0, 0) } else { (first, last) }
 }
 
+/// A key/value element type: f32 activations, or an f16 KV cache.
+pub trait KvElem: Copy {
+    /// Whether [`KvElem::widen`] converts (into a buffer) rather than borrowing.
+    const CONVERTS: bool;
+    /// `src` as f32: itself, or converted into `buf` (at least `src.len()` long).
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    const CONVERTS: bool = false;
+    #[inline(always)]
+    fn widen<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for half::f16 {
+    const CONVERTS: bool = true;
+    #[inline(always)]
+    fn widen<'a>(src: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..src.len()];
+        widen_f16(src, buf);
+        buf
+    }
+}
+
+/// `dst = src` as f32: 16 values per `vcvtph2ps` where the CPU has AVX-512 (the `half`
+/// crate's slice conversion goes 8 at a time through a call each, which made an f16 cache
+/// slower to read than an f32 one).
+fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *AVX512.get_or_init(|| Isa::available().contains(&Isa::Avx512)) {
+            // SAFETY: the CPU has AVX-512 F (checked above).
+            unsafe { super::simd::x86::widen_f16_avx512(src, dst) };
+            return;
+        }
+    }
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+}
+
 /// Attention of query rows `t0..t0 + nt` (at most [`ATTN_TILE`]) for head `h`. With
 /// `scores_ready`, `scores[i][j − first]` already holds `scale · q·k` for the span.
-/// `scores` needs `ATTN_TILE × n_keys` values.
+/// `scores` needs `ATTN_TILE × n_keys` values — plus `head_dim` more, at its end, where keys
+/// are f16: they are widened a key row (a 64-value chunk of a value row) at a time, once
+/// for all the tile's query rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attention_tile_g(
+fn attention_tile_g<E: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     shape: AttentionShape,
     pos0: usize,
     h: usize,
@@ -352,8 +396,15 @@ fn attention_tile_g(
         &q[t * q_cols + h * hd..t * q_cols + (h + 1) * hd]
     });
     // Scores (unless the caller computed them), masked outside each row's visible range.
+    let at = scores.len() - if E::CONVERTS { hd } else { 0 };
+    let (scores, key_buf) = scores.split_at_mut(at);
     for j in first..last {
         let kj = &k[j * kv_cols + kvh * hd..j * kv_cols + (kvh + 1) * hd];
+        let kj = if scores_ready {
+            &[][..]
+        } else {
+            E::widen(kj, key_buf)
+        };
         for i in 0..nt {
             let s = &mut scores[i * span + (j - first)];
             if !ranges[i].contains(&j) {
@@ -377,10 +428,10 @@ fn attention_tile_g(
     }
     // Weighted sum of values: the tile's query rows together (see `weighted_values`).
     match nt {
-        4 => weighted_values::<4>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
-        3 => weighted_values::<3>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
-        2 => weighted_values::<2>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
-        _ => weighted_values::<1>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        4 => weighted_values::<E, 4>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        3 => weighted_values::<E, 3>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        2 => weighted_values::<E, 2>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
+        _ => weighted_values::<E, 1>(v, kv_cols, kvh * hd, hd, first, span, scores, t0, h, out),
     }
 }
 
@@ -392,8 +443,8 @@ fn attention_tile_g(
 /// multiply and add, as the scalar code does.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn weighted_values<const NT: usize>(
-    v: &[f32],
+fn weighted_values<E: KvElem, const NT: usize>(
+    v: &[E],
     kv_cols: usize,
     base: usize,
     hd: usize,
@@ -410,12 +461,14 @@ fn weighted_values<const NT: usize>(
         let dn = CHUNK.min(hd - d0);
         let mut acc = [[0.0f32; CHUNK]; NT];
         let b = base + d0;
+        let mut buf = [0.0f32; CHUNK];
         if dn == CHUNK {
             for jj in 0..span {
                 let j = first + jj;
-                let vj: &[f32; CHUNK] = v[j * kv_cols + b..j * kv_cols + b + CHUNK]
-                    .try_into()
-                    .expect("chunk length");
+                let vj: &[f32; CHUNK] =
+                    E::widen(&v[j * kv_cols + b..j * kv_cols + b + CHUNK], &mut buf)
+                        .try_into()
+                        .expect("chunk length");
                 let p: [f32; NT] = std::array::from_fn(|i| scores[i * span + jj]);
                 for (ai, &pi) in acc.iter_mut().zip(&p) {
                     for (a, &x) in ai.iter_mut().zip(vj) {
@@ -426,7 +479,7 @@ fn weighted_values<const NT: usize>(
         } else {
             for jj in 0..span {
                 let j = first + jj;
-                let vj = &v[j * kv_cols + b..j * kv_cols + b + dn];
+                let vj = E::widen(&v[j * kv_cols + b..j * kv_cols + b + dn], &mut buf);
                 for (i, ai) in acc.iter_mut().enumerate() {
                     let pi = scores[i * span + jj];
                     for (a, &x) in ai[..dn].iter_mut().zip(vj) {
@@ -450,6 +503,22 @@ multiversion!(pub fn attention_tile(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    shape: AttentionShape,
+    pos0: usize,
+    h: usize,
+    t0: usize,
+    nt: usize,
+    scores: &mut [f32],
+    scores_ready: bool,
+    out: RowsPtr,
+) => attention_tile_g);
+
+multiversion!(
+    /// [`attention_tile`] over an f16 KV cache (`scores` with `head_dim` values more).
+    pub fn attention_tile_f16(
+    q: &[f32],
+    k: &[half::f16],
+    v: &[half::f16],
     shape: AttentionShape,
     pos0: usize,
     h: usize,

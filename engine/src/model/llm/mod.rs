@@ -105,8 +105,8 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     pub fn new(be: &B, layers: usize, kv_dim: usize) -> Self {
         KvCache {
-            k: (0..layers).map(|_| be.tensor(0, kv_dim)).collect(),
-            v: (0..layers).map(|_| be.tensor(0, kv_dim)).collect(),
+            k: (0..layers).map(|_| be.kv_tensor(kv_dim)).collect(),
+            v: (0..layers).map(|_| be.kv_tensor(kv_dim)).collect(),
         }
     }
 
@@ -114,7 +114,7 @@ impl<B: Backend> KvCache<B> {
         self.k
             .iter()
             .chain(&self.v)
-            .map(|t| be.rows(t) * be.cols(t) * 4)
+            .map(|t| be.tensor_bytes(t))
             .sum()
     }
 }

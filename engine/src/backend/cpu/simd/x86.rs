@@ -1494,7 +1494,10 @@ unsafe fn q16row512_split<F: Nib16 + Fmt512>(w: *const u8, acts: &super::Q16Acts
             let base = w.add(b0 * bytes);
             // As in `q16row512_grouped`: the hardware prefetcher stops at page ends.
             prefetch_lines(base.wrapping_add(PREFETCH_AHEAD), 16 * bytes);
-            let c: [__m512i; 4] = std::array::from_fn(|q| {
+            // No closures here: a closure does not inherit this kernel's target features,
+            // and intrinsics left un-inlined in one ran decode at a tenth of its speed.
+            let mut c = [_mm512_setzero_si512(); 4];
+            for (q, cq) in c.iter_mut().enumerate() {
                 let win = &quads[q];
                 let nib = _mm512_permutex2var_epi8(
                     _mm512_loadu_si512(base.add(win.start) as *const __m512i),
@@ -1503,13 +1506,14 @@ unsafe fn q16row512_split<F: Nib16 + Fmt512>(w: *const u8, acts: &super::Q16Acts
                 );
                 let lo = _mm512_and_si512(nib, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(nib), low);
-                let a = sa.add((g * 4 + q) * 256);
-                let ld = |o: usize| _mm512_loadu_si512(a.add(o) as *const __m512i);
+                let a = sa.add((g * 4 + q) * 256) as *const __m512i;
                 let zero = _mm512_setzero_si512();
-                let h = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ld(0)), hi, ld(64));
-                let l = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ld(128), lo), ld(192), hi);
-                _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l)
-            });
+                let h = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(a));
+                let h = _mm512_dpbusd_epi32(h, hi, _mm512_loadu_si512(a.add(1)));
+                let l = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(a.add(2)), lo);
+                let l = _mm512_dpbusd_epi32(l, _mm512_loadu_si512(a.add(3)), hi);
+                *cq = _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l);
+            }
             let h = heads_vbmi(base, &F::HEADS);
             let (d16, m16) = (_mm512_castsi512_si256(h), _mm512_extracti64x4_epi64::<1>(h));
             acc = scale_group::<F>(acc, reduce_quads(&c), acts, b0, d16, m16);
@@ -1916,11 +1920,11 @@ unsafe fn transpose_sum16(v: &[__m512; 16]) -> __m512 {
 /// The CPU must have the AVX-512 level; every row named must be readable, `out` writable.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn attn_scores_avx512(
+pub unsafe fn attn_scores_avx512<K: KeyElem>(
     q: *const f32,
     qs: usize,
     nt: usize,
-    k: *const f32,
+    k: *const K,
     ks: usize,
     nk: usize,
     hd: usize,
@@ -1930,22 +1934,68 @@ pub unsafe fn attn_scores_avx512(
 ) {
     unsafe {
         match nt {
-            4 => attn_scores_rows::<4>(q, qs, k, ks, nk, hd, scale, out, ld),
-            3 => attn_scores_rows::<3>(q, qs, k, ks, nk, hd, scale, out, ld),
-            2 => attn_scores_rows::<2>(q, qs, k, ks, nk, hd, scale, out, ld),
+            4 => attn_scores_rows::<K, 4>(q, qs, k, ks, nk, hd, scale, out, ld),
+            3 => attn_scores_rows::<K, 3>(q, qs, k, ks, nk, hd, scale, out, ld),
+            2 => attn_scores_rows::<K, 2>(q, qs, k, ks, nk, hd, scale, out, ld),
             1 => attn_scores_row(q, k, ks, nk, hd, scale, out),
             _ => panic!("attention scores for {nt} rows at once"),
         }
     }
 }
 
+/// A key element the score kernels read: f32 activations, or an f16 KV cache (widened
+/// 16 values per `vcvtph2ps`).
+pub trait KeyElem: Copy {
+    /// The 16 values at `p` as f32.
+    ///
+    /// # Safety
+    /// The 16 values must be readable and the CPU must have the AVX-512 level (callers are
+    /// kernels compiled for it).
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl KeyElem for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl KeyElem for half::f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> __m512 {
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
+/// `dst[i] = src[i]` as f32, 16 values per `vcvtph2ps`.
+///
+/// # Safety
+/// The CPU must have the AVX-512 level.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n, inside both slices.
+        unsafe {
+            let v = _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), v);
+        }
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = src[j].to_f32();
+    }
+}
+
 /// `Σ a[c]·b[c]` over `n` values (a multiple of 16), 16 lanes then one reduction.
 #[inline(always)]
-unsafe fn dot512(a: *const f32, b: *const f32, n: usize) -> f32 {
+unsafe fn dot512<K: KeyElem>(a: *const f32, b: *const K, n: usize) -> f32 {
     unsafe {
         let mut acc = _mm512_setzero_ps();
         for c in (0..n).step_by(16) {
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(c)), _mm512_loadu_ps(b.add(c)), acc);
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(c)), K::load16(b.add(c)), acc);
         }
         _mm512_reduce_add_ps(acc)
     }
@@ -1954,9 +2004,9 @@ unsafe fn dot512(a: *const f32, b: *const f32, n: usize) -> f32 {
 /// One query row (decode): 16 keys per block, so one transposing reduction sums 16 dot
 /// products.
 #[inline(always)]
-unsafe fn attn_scores_row(
+unsafe fn attn_scores_row<K: KeyElem>(
     q: *const f32,
-    k: *const f32,
+    k: *const K,
     ks: usize,
     nk: usize,
     hd: usize,
@@ -1971,7 +2021,7 @@ unsafe fn attn_scores_row(
             for c in (0..hd).step_by(16) {
                 let qv = _mm512_loadu_ps(q.add(c));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add((j0 + j) * ks + c)), *a);
+                    *a = _mm512_fmadd_ps(qv, K::load16(k.add((j0 + j) * ks + c)), *a);
                 }
             }
             _mm512_storeu_ps(out.add(j0), _mm512_mul_ps(transpose_sum16(&acc), sv));
@@ -1986,10 +2036,10 @@ unsafe fn attn_scores_row(
 /// Two to four query rows (prefill): blocks of the rows × 4 keys.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attn_scores_rows<const NT: usize>(
+unsafe fn attn_scores_rows<K: KeyElem, const NT: usize>(
     q: *const f32,
     qs: usize,
-    k: *const f32,
+    k: *const K,
     ks: usize,
     nk: usize,
     hd: usize,
@@ -2006,7 +2056,7 @@ unsafe fn attn_scores_rows<const NT: usize>(
             for c in (0..hd).step_by(16) {
                 let qv: [__m512; NT] = std::array::from_fn(|i| _mm512_loadu_ps(q.add(i * qs + c)));
                 for kk in 0..4 {
-                    let kv = _mm512_loadu_ps(k.add((j0 + kk) * ks + c));
+                    let kv = K::load16(k.add((j0 + kk) * ks + c));
                     for (i, &qi) in qv.iter().enumerate() {
                         acc[4 * i + kk] = _mm512_fmadd_ps(qi, kv, acc[4 * i + kk]);
                     }

@@ -60,7 +60,14 @@ fn logits_writes_f32_positions_by_vocab() {
         vec!["--ids", ids_arg.as_str()],
         vec!["--prompt", "What is the capital of France?"],
     ] {
-        let mut all = vec!["logits", "--model", dir.to_str().unwrap()];
+        // An f32 KV cache: transformers' logits to 1e-4 (the default f16 cache is ~1e-3).
+        let mut all = vec![
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--kv-cache",
+            "f32",
+        ];
         all.extend(args);
         all.extend(["--out", out_path.to_str().unwrap()]);
         let out = pocketvlm(&all);

@@ -10,73 +10,65 @@ fn load(name: &str) -> Session {
     Session::load(&fixture(name), &exact()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The session's logits for the fixture's prompt are within `tol × max|ref|` of
+/// transformers'.
+fn assert_logits_close(name: &str, session: &mut Session, tol: f32) {
+    let reference = Reference::open(&fixture(name));
+    let ids = reference.ids("input_ids");
+    let (shape, expected) = reference.f32("logits");
+    let got = session.logits(&ids).unwrap();
+    assert_eq!(got.len(), shape[0] * shape[1], "{name}");
+    let (diff, scale) = max_abs_diff(&got, &expected);
+    eprintln!("{name}: max|Δ| = {diff:.3e}, max|ref| = {scale:.3}");
+    assert!(
+        diff <= tol * scale,
+        "{name}: max|Δ| {diff} > {tol:e} × {scale}"
+    );
+}
+
+/// The session's greedy continuation of the fixture's prompt is transformers'.
+fn assert_greedy_matches(name: &str, session: &mut Session) {
+    let reference = Reference::open(&fixture(name));
+    let expected = reference.ids("generated_ids");
+    let params = SamplingParams {
+        max_tokens: expected.len(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let generation = session
+        .generate(&reference.ids("input_ids"), &params, &|| false, &mut |_| {
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(generation.tokens, expected, "{name}");
+}
+
 /// The default f16 KV cache: logits within 1e-3 of transformers' (each cached value
 /// rounded to 11 bits) and the same greedy continuations.
 #[test]
 fn an_f16_kv_cache_keeps_greedy_tokens() {
     for name in FIXTURES {
-        let reference = Reference::open(&fixture(name));
-        let ids = reference.ids("input_ids");
-        let (_, expected) = reference.f32("logits");
         let opts = LoadOptions {
             kv_cache: Some(KvPrecision::F16),
             ..LoadOptions::default()
         };
         let mut session = Session::load(&fixture(name), &opts).unwrap_or_else(|e| panic!("{e}"));
-        let got = session.logits(&ids).unwrap();
-        let (diff, scale) = max_abs_diff(&got, &expected);
-        eprintln!("{name} f16 cache: max|Δ| = {diff:.3e}, max|ref| = {scale:.3}");
-        assert!(
-            diff <= 1e-3 * scale,
-            "{name}: max|Δ| {diff} > 1e-3 × {scale}"
-        );
-        let want = reference.ids("generated_ids");
-        let params = SamplingParams {
-            max_tokens: want.len(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let generation = session
-            .generate(&ids, &params, &|| false, &mut |_| Ok(()))
-            .unwrap();
-        assert_eq!(generation.tokens, want, "{name}");
+        assert_logits_close(name, &mut session, 1e-3);
+        assert_greedy_matches(name, &mut session);
     }
 }
 
 #[test]
 fn logits_match_transformers() {
     for name in FIXTURES {
-        let reference = Reference::open(&fixture(name));
-        let ids = reference.ids("input_ids");
-        let (shape, expected) = reference.f32("logits");
-        let mut session = load(name);
-        let got = session.logits(&ids).unwrap();
-        assert_eq!(got.len(), shape[0] * shape[1], "{name}");
-        let (diff, scale) = max_abs_diff(&got, &expected);
-        eprintln!("{name}: max|Δ| = {diff:.3e}, max|ref| = {scale:.3}");
-        assert!(
-            diff <= 1e-4 * scale,
-            "{name}: max|Δ| {diff} > 1e-4 × {scale}"
-        );
+        assert_logits_close(name, &mut load(name), 1e-4);
     }
 }
 
 #[test]
 fn greedy_continuations_match_transformers() {
     for name in FIXTURES {
-        let reference = Reference::open(&fixture(name));
-        let ids = reference.ids("input_ids");
-        let expected = reference.ids("generated_ids");
-        let mut session = load(name);
-        let params = SamplingParams {
-            max_tokens: expected.len(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let generation = session
-            .generate(&ids, &params, &|| false, &mut |_| Ok(()))
-            .unwrap();
-        assert_eq!(generation.tokens, expected, "{name}");
+        assert_greedy_matches(name, &mut load(name));
     }
 }
 

@@ -180,11 +180,6 @@ impl CpuBackend {
         self.inner.isa
     }
 
-    /// How this backend stores KV caches (`POCKETVLM_KV`).
-    pub fn kv_precision(&self) -> KvPrecision {
-        self.inner.kv
-    }
-
     /// The backend's thread pool (benchmarks run their own jobs on it).
     pub fn pool(&self) -> &ThreadPool {
         &self.inner.pool
@@ -318,12 +313,12 @@ impl Backend for CpuBackend {
     }
 
     fn tensor_bytes(&self, t: &CpuTensor) -> usize {
-        let kv = if t.is_f16 {
-            KvPrecision::F16
+        let value = if t.is_f16 {
+            std::mem::size_of::<f16>()
         } else {
-            KvPrecision::F32
+            std::mem::size_of::<f32>()
         };
-        t.rows * t.cols * kv.value_bytes()
+        t.rows * t.cols * value
     }
 
     fn rows(&self, t: &CpuTensor) -> usize {

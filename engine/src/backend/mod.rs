@@ -88,6 +88,13 @@ impl Grid {
     }
 }
 
+/// One projection of [`Backend::matmul_many`]: its weight, bias and output.
+pub type Projection<'a, B> = (
+    &'a <B as Backend>::Weight,
+    Option<&'a <B as Backend>::Weight>,
+    &'a mut <B as Backend>::Tensor,
+);
+
 pub trait Backend: Clone + Send + Sync + 'static {
     /// f32 activations `[rows, cols]` on the device.
     type Tensor: Send;
@@ -159,6 +166,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
         bias: Option<&Self::Weight>,
         out: &mut Self::Tensor,
     );
+    /// [`Backend::matmul`] of one activation with several weights (a layer's q, k and v, or
+    /// its gate and up): `(weight, bias, out)` each. A backend may run them as one job; by
+    /// default, one `matmul` each.
+    fn matmul_many(&self, x: &Self::Tensor, projs: &mut [Projection<'_, Self>]) {
+        for (w, bias, out) in projs.iter_mut() {
+            self.matmul(x, w, *bias, out);
+        }
+    }
     /// Rotates each head of each row in place; row `r` is at position `pos0 + r`.
     /// `cos`/`sin` are tables `[positions, rotary_dim / 2]`.
     fn rope(

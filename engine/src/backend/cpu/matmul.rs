@@ -47,13 +47,11 @@ pub struct ActBuf {
     bf: Vec<u16>,
     /// Per-block integer start values of the int8 prefill GEMM (`simd::i8_gemm_offsets`).
     init: Vec<i32>,
+    /// The integer kernels' work items, (projection, first row) (see [`integer_rows`]), and
+    /// one projection's [`guided_panels`].
+    items: Vec<(usize, usize)>,
+    bounds: Vec<usize>,
 }
-
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-// SAFETY: used for buffers written before the job starts and only read inside it.
-unsafe impl<T> Send for SyncPtr<T> {}
-unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// Activation rows from which quantised weights are dequantised to f32 panels.
 pub const DEQUANT_MIN_ROWS: usize = 8;
@@ -72,6 +70,26 @@ fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> u
         32
     };
     rows.div_ceil(TILE_R) * TILE_R
+}
+
+/// Work items for the integer kernels: panels of `panel` rows while there is plenty left,
+/// then ever smaller ones (down to [`TILE_R`] rows) as the rows run out — guided scheduling.
+/// The core that finishes first then waits for a small panel, not a whole one: with equal
+/// panels, the 1.4B's down projection (128 rows of 3 KiB a panel) left one core idle for
+/// ~15 µs on average at the end of each call. `bounds` gets the panels' first rows and
+/// `n_out` (so item `i` is `bounds[i]..bounds[i + 1]`); it is reused, so decode allocates
+/// nothing.
+fn guided_panels(n_out: usize, panel: usize, threads: usize, bounds: &mut Vec<usize>) {
+    bounds.clear();
+    let mut n0 = 0;
+    while n0 < n_out {
+        bounds.push(n0);
+        let rest = n_out - n0;
+        // A quarter of each worker's share of what is left, in whole tiles.
+        let size = rest.div_ceil(4 * threads).div_ceil(TILE_R) * TILE_R;
+        n0 += size.clamp(TILE_R, panel.max(TILE_R)).min(rest);
+    }
+    bounds.push(n_out);
 }
 
 /// Runs `f(ctx, n0, n1)` on the pool for every panel `n0..n1` of `panel` output features,
@@ -132,6 +150,235 @@ impl ActPrecision {
     }
 }
 
+/// One projection of [`matmul_many`]: a weight, its bias and its output (`None`: a slot
+/// left empty).
+pub struct Proj<'a> {
+    pub w: &'a HostTensor,
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+}
+
+/// Whether `matmul` runs `w` against `t_rows` activation rows through the integer kernels.
+fn takes_integer_path(prec: ActPrecision, t_rows: usize, w: &HostTensor) -> bool {
+    let integer = match prec {
+        ActPrecision::Int8 => true,
+        ActPrecision::Int16 | ActPrecision::Bf16 => t_rows < DEQUANT_MIN_ROWS,
+        ActPrecision::F32 => false,
+    };
+    uses_int8(w) && integer
+}
+
+/// Several [`matmul`]s of one activation `x`: a layer's q, k and v projections, or its gate
+/// and up. Where every weight takes the integer kernels without the int8 prefill GEMM (decode),
+/// `x` is quantised once and all the weights' rows are one pool job, so the cores meet once
+/// at its end instead of once per weight; otherwise one `matmul` per projection.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    isa: Isa,
+    prec: ActPrecision,
+    acts: &Mutex<ActBuf>,
+    x: &[f32],
+    projs: &mut [Option<Proj>],
+) {
+    let Some(k) = projs.iter().flatten().next().map(|p| p.w.rows_cols().1) else {
+        return;
+    };
+    let t_rows = x.len().checked_div(k).unwrap_or(0);
+    let fused = t_rows > 0
+        && t_rows < DEQUANT_MIN_ROWS
+        && projs.len() <= MAX_FUSED
+        && projs.iter().flatten().all(|p| {
+            let (n_out, pk) = p.w.rows_cols();
+            pk == k && n_out > 0 && takes_integer_path(prec, t_rows, p.w)
+        });
+    if !fused {
+        for p in projs.iter_mut().flatten() {
+            matmul(pool, isa, prec, acts, x, p.w, p.bias, p.out);
+        }
+        return;
+    }
+    for p in projs.iter().flatten() {
+        assert_eq!(
+            p.out.len(),
+            t_rows * p.w.rows_cols().0,
+            "matmul output size"
+        );
+    }
+    let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
+    integer_rows(pool, isa, prec, &mut guard, x, projs);
+}
+
+/// Quantises the activation rows `x` (width `k`) into `buf`: int16 per block if `wide`,
+/// else int8, with their scales and sums.
+fn quantize_acts(isa: Isa, buf: &mut ActBuf, x: &[f32], k: usize, wide: bool) {
+    let (t_rows, nb) = (x.len() / k, k / QK);
+    buf.d.resize(t_rows * nb, 0.0);
+    buf.s.resize(t_rows * nb, 0.0);
+    let (d, s) = (&mut buf.d[..t_rows * nb], &mut buf.s[..t_rows * nb]);
+    if wide {
+        buf.qs16.resize(t_rows * k, 0);
+        simd::quantize_rows16(isa, x, &mut buf.qs16[..t_rows * k], d, s);
+    } else {
+        buf.qs.resize(t_rows * k, 0);
+        simd::quantize_rows(isa, x, &mut buf.qs[..t_rows * k], d, s);
+    }
+}
+
+/// Most projections [`matmul_many`] runs as one job (q, k and v: three).
+pub const MAX_FUSED: usize = 4;
+
+/// What a worker of [`integer_rows`] needs of one projection.
+#[derive(Clone, Copy)]
+struct RowsOf<'a> {
+    bytes: &'a [u8],
+    row_bytes: usize,
+    n_out: usize,
+    dtype: DType,
+    out: OutPtr,
+    bias: Option<&'a [f32]>,
+}
+
+/// The integer kernels (int16 or int8 activations) over every row of `projs`, which share
+/// the activation rows `x` and their width: `x` is quantised once and the rows of all
+/// projections are split into panels — [`guided_panels`] for the last projection, so the
+/// job's end is fine-grained — claimed by the pool's workers as one job.
+fn integer_rows<'a>(
+    pool: &ThreadPool,
+    isa: Isa,
+    prec: ActPrecision,
+    buf: &mut ActBuf,
+    x: &[f32],
+    projs: &mut [Option<Proj<'a>>],
+) {
+    assert!(projs.len() <= MAX_FUSED);
+    let Some(k) = projs.iter().flatten().next().map(|p| p.w.rows_cols().1) else {
+        return;
+    };
+    let (t_rows, nb) = (x.len() / k, k / QK);
+    let wide = prec != ActPrecision::Int8;
+    quantize_acts(isa, buf, x, k, wide);
+    let one = wide && t_rows == 1;
+    let split = one
+        && projs
+            .iter()
+            .flatten()
+            .any(|p| simd::wants_split16(isa, p.w.dtype));
+    let pairs = one
+        && simd::wants_pairs16(isa)
+        && projs
+            .iter()
+            .flatten()
+            .any(|p| !simd::wants_split16(isa, p.w.dtype));
+    if split {
+        buf.split.resize(simd::split16_len(nb), 0);
+        simd::split_blocks16(&buf.qs16[..k], &mut buf.split);
+    }
+    if pairs {
+        buf.qs16p.resize(nb / 2 * 2 * QK, 0);
+        simd::pair_blocks16(&buf.qs16[..k], &mut buf.qs16p);
+    }
+    let mut parts = [None; MAX_FUSED];
+    for (part, p) in parts.iter_mut().zip(projs.iter_mut().flatten()) {
+        let w: &'a HostTensor = p.w;
+        let n_out = w.rows_cols().0;
+        *part = Some(RowsOf {
+            bytes: w.bytes(),
+            row_bytes: w.row_bytes(),
+            n_out,
+            dtype: w.dtype,
+            out: OutPtr {
+                ptr: p.out.as_mut_ptr(),
+                ld: n_out,
+            },
+            bias: p.bias,
+        });
+    }
+    // Work items: (projection, first row), each up to the next item's first row or the
+    // projection's end.
+    let threads = pool.threads();
+    buf.items.clear();
+    let last = parts.iter().flatten().count();
+    for (j, part) in parts.iter().flatten().enumerate() {
+        let panel = panel_rows(part.n_out, t_rows, threads, true);
+        if j + 1 == last {
+            guided_panels(part.n_out, panel, threads, &mut buf.bounds);
+            let starts = &buf.bounds[..buf.bounds.len() - 1];
+            buf.items.extend(starts.iter().map(|&n0| (j, n0)));
+        } else {
+            buf.items
+                .extend((0..part.n_out).step_by(panel).map(|n0| (j, n0)));
+        }
+    }
+    let items = &buf.items[..];
+    let (qs, qs16, d, s) = (&buf.qs[..], &buf.qs16[..], &buf.d[..], &buf.s[..]);
+    let paired: &[i16] = if pairs { &buf.qs16p } else { &[] };
+    let split: &[u8] = if split { &buf.split } else { &[] };
+    pool.run(|ctx| {
+        loop {
+            let i = ctx.next();
+            let Some(&(j, n0)) = items.get(i) else {
+                break;
+            };
+            let Some(part) = parts[j] else {
+                break;
+            };
+            let n1 = match items.get(i + 1) {
+                Some(&(next, n1)) if next == j => n1,
+                _ => part.n_out,
+            };
+            let wr = &part.bytes[n0 * part.row_bytes..n1 * part.row_bytes];
+            // SAFETY: rows n0..n1 are inside the weight; output columns n0..n1 are this
+            // item's.
+            unsafe {
+                if wide {
+                    let a = simd::Q16Acts {
+                        qs: &qs16[..t_rows * k],
+                        d: &d[..t_rows * nb],
+                        s: &s[..t_rows * nb],
+                        nb,
+                        paired,
+                        split,
+                    };
+                    simd::qgemm16(
+                        isa,
+                        part.dtype,
+                        wr,
+                        part.row_bytes,
+                        n1 - n0,
+                        a,
+                        part.out,
+                        n0,
+                    );
+                } else {
+                    let a = Q8Acts {
+                        qs: &qs[..t_rows * k],
+                        d: &d[..t_rows * nb],
+                        s: &s[..t_rows * nb],
+                        nb,
+                    };
+                    simd::qgemm(
+                        isa,
+                        part.dtype,
+                        wr,
+                        part.row_bytes,
+                        n1 - n0,
+                        a,
+                        part.out,
+                        n0,
+                    );
+                }
+                if let Some(b) = part.bias {
+                    for t in 0..t_rows {
+                        for (n, &bn) in b.iter().enumerate().take(n1).skip(n0) {
+                            part.out.add(t, n, bn);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// `out[t][n] = Σ_k x[t][k] · w[n][k] + bias[n]` (see the module docs).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -172,43 +419,17 @@ pub fn matmul(
     // f32 once, then f32 FMA tiles, beats per-block integer dots (whose per-block scale
     // handling costs as much as the multiply) and is exact. Decode streams the stored
     // blocks through the integer kernels.
-    let integer = match prec {
-        ActPrecision::Int8 => true,
-        ActPrecision::Int16 | ActPrecision::Bf16 => t_rows < DEQUANT_MIN_ROWS,
-        ActPrecision::F32 => false,
-    };
-    if uses_int8(w) && integer {
-        let nb = k / QK;
+    if takes_integer_path(prec, t_rows, w) {
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
         let buf = &mut *guard;
-        let wide = prec != ActPrecision::Int8;
-        if wide {
-            buf.qs16.resize(t_rows * k, 0);
-        } else {
-            buf.qs.resize(t_rows * k, 0);
-        }
-        buf.d.resize(t_rows * nb, 0.0);
-        buf.s.resize(t_rows * nb, 0.0);
-        let (q8, q16) = (SyncPtr(buf.qs.as_mut_ptr()), SyncPtr(buf.qs16.as_mut_ptr()));
-        let (d, s) = (SyncPtr(buf.d.as_mut_ptr()), SyncPtr(buf.s.as_mut_ptr()));
-        // SAFETY: the buffers were sized above and nothing else uses them now.
-        let quantize = |r: std::ops::Range<usize>| unsafe {
-            let (q8, q16, d, s) = (q8, q16, d, s);
-            let x = &x[r.start * k..r.end * k];
-            let d = std::slice::from_raw_parts_mut(d.0.add(r.start * nb), r.len() * nb);
-            let s = std::slice::from_raw_parts_mut(s.0.add(r.start * nb), r.len() * nb);
-            if wide {
-                let q = std::slice::from_raw_parts_mut(q16.0.add(r.start * k), r.len() * k);
-                simd::quantize_rows16(isa, x, q, d, s);
-            } else {
-                let q = std::slice::from_raw_parts_mut(q8.0.add(r.start * k), r.len() * k);
-                simd::quantize_rows(isa, x, q, d, s);
-            }
-        };
-        quantize(0..t_rows);
-        if !wide && t_rows >= DEQUANT_MIN_ROWS && simd::has_i8_gemm(isa, w.dtype) {
+        let nb = k / QK;
+        if prec == ActPrecision::Int8
+            && t_rows >= DEQUANT_MIN_ROWS
+            && simd::has_i8_gemm(isa, w.dtype)
+        {
             // Prefill with int8 activations: each task repacks its panel of weight rows
             // once for the VNNI GEMM (see `simd::vnni`) and runs every activation row.
+            quantize_acts(isa, buf, x, k, false);
             let a = Q8Acts {
                 qs: &buf.qs[..t_rows * k],
                 d: &buf.d[..t_rows * nb],
@@ -230,62 +451,7 @@ pub fn matmul(
             });
             return;
         }
-        let split = wide && t_rows == 1 && simd::wants_split16(isa, w.dtype);
-        let pairs = wide && t_rows == 1 && !split && simd::wants_pairs16(isa);
-        if split {
-            buf.split.resize(simd::split16_len(nb), 0);
-            simd::split_blocks16(&buf.qs16[..k], &mut buf.split);
-        }
-        if pairs {
-            buf.qs16p.resize(nb / 2 * 2 * QK, 0);
-            simd::pair_blocks16(&buf.qs16[..k], &mut buf.qs16p);
-        }
-        let paired: &[i16] = if pairs { &buf.qs16p } else { &[] };
-        let split: &[u8] = if split { &buf.split } else { &[] };
-        let panel = panel_rows(n_out, t_rows, threads, true);
-        let items = n_out.div_ceil(panel);
-        pool.run(|ctx| {
-            let (q8, q16, d, s) = (q8, q16, d, s);
-            // SAFETY: fully written before the job started; read-only here.
-            let (dd, ss) = unsafe {
-                (
-                    std::slice::from_raw_parts(d.0 as *const f32, t_rows * nb),
-                    std::slice::from_raw_parts(s.0 as *const f32, t_rows * nb),
-                )
-            };
-            loop {
-                let i = ctx.next();
-                if i >= items {
-                    break;
-                }
-                let n0 = i * panel;
-                let n1 = (n0 + panel).min(n_out);
-                let wr = &bytes[n0 * row_bytes..n1 * row_bytes];
-                // SAFETY: rows n0..n1 are inside `w`; output columns n0..n1 are this item's.
-                unsafe {
-                    if wide {
-                        let a = simd::Q16Acts {
-                            qs: std::slice::from_raw_parts(q16.0, t_rows * k),
-                            d: dd,
-                            s: ss,
-                            nb,
-                            paired,
-                            split,
-                        };
-                        simd::qgemm16(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
-                    } else {
-                        let a = Q8Acts {
-                            qs: std::slice::from_raw_parts(q8.0, t_rows * k),
-                            d: dd,
-                            s: ss,
-                            nb,
-                        };
-                        simd::qgemm(isa, w.dtype, wr, row_bytes, n1 - n0, a, outp, n0);
-                    }
-                }
-                add_bias(n0, n1);
-            }
-        });
+        integer_rows(pool, isa, prec, buf, x, &mut [Some(Proj { w, bias, out })]);
         return;
     }
 
@@ -392,6 +558,37 @@ mod tests {
             q => crate::quant::quantize(q, &v),
         };
         HostTensor::new(dtype, vec![n, k], Storage::from_bytes(&bytes))
+    }
+
+    #[test]
+    fn guided_panels_cover_every_row_once_and_shrink() {
+        let mut bounds = Vec::new();
+        for (n_out, panel, threads) in [
+            (2048, 128, 2),
+            (5632, 128, 2),
+            (49152, 128, 4),
+            (7, 8, 2),
+            (1, 8, 1),
+            (130, 16, 3),
+        ] {
+            guided_panels(n_out, panel, threads, &mut bounds);
+            assert_eq!((bounds[0], *bounds.last().unwrap()), (0, n_out));
+            let sizes: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(
+                sizes.iter().all(|&s| s > 0 && s <= panel.max(TILE_R)),
+                "{sizes:?}"
+            );
+            assert!(
+                sizes.windows(2).all(|w| w[1] <= w[0]),
+                "not shrinking: {sizes:?}"
+            );
+            // Whole tiles except at the very end, and a small last panel.
+            assert!(
+                sizes[..sizes.len() - 1].iter().all(|s| s % TILE_R == 0),
+                "{sizes:?}"
+            );
+            assert!(*sizes.last().unwrap() <= TILE_R, "{sizes:?}");
+        }
     }
 
     fn round_bf16(x: &[f32]) -> Vec<f32> {
@@ -515,6 +712,60 @@ mod tests {
                             assert!(
                                 (a - b).abs() <= 2e-6 * (1.0 + b.abs()) * (k as f32).sqrt() * 4.0,
                                 "{isa:?} {prec:?} {threads}t {dtype} {t}x{n}x{k} [{i}]: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One job over several projections gives each the same bits as its own `matmul`:
+    /// mixed formats (split-byte, pair-order and int8 kernels in one job), biases, GQA-sized
+    /// outputs, one to three threads, and the fallbacks (float weights, prefill).
+    #[test]
+    fn matmul_many_equals_one_matmul_each() {
+        for isa in Isa::available() {
+            for prec in [ActPrecision::Int8, ActPrecision::Bf16] {
+                for threads in [1, 2, 3] {
+                    let pool = ThreadPool::new(threads).unwrap();
+                    let acts = Mutex::new(ActBuf::default());
+                    let k = 544;
+                    for (t, dtypes) in [
+                        (1, [DType::Q4_0, DType::Q4_0, DType::Q4_0]),
+                        (1, [DType::Q4_0, DType::Q8_0, DType::Q4_1]),
+                        (3, [DType::Q8_0, DType::Q4_1, DType::Q4_0]),
+                        (1, [DType::Q4_0, DType::F16, DType::Q8_0]),
+                        (9, [DType::Q4_0, DType::Q4_0, DType::Q8_0]),
+                    ] {
+                        let ns = [300, 37, 37];
+                        let ws: Vec<HostTensor> = dtypes
+                            .iter()
+                            .zip(ns)
+                            .enumerate()
+                            .map(|(j, (&d, n))| weight(d, n, k, 5 + j as u64))
+                            .collect();
+                        let biases: Vec<Vec<f32>> = ns.iter().map(|&n| rand_vec(n, 3)).collect();
+                        let x = rand_vec(t * k, 11 + t as u64);
+                        let mut outs: Vec<Vec<f32>> =
+                            ns.iter().map(|&n| vec![0.0; t * n]).collect();
+                        let mut slots: [Option<Proj>; MAX_FUSED] = Default::default();
+                        for (j, (slot, out)) in slots.iter_mut().zip(outs.iter_mut()).enumerate() {
+                            *slot = Some(Proj {
+                                w: &ws[j],
+                                bias: (j != 1).then_some(&biases[j][..]),
+                                out,
+                            });
+                        }
+                        matmul_many(&pool, isa, prec, &acts, &x, &mut slots);
+                        for (j, w) in ws.iter().enumerate() {
+                            let mut one = vec![0.0; t * ns[j]];
+                            let bias = (j != 1).then_some(&biases[j][..]);
+                            matmul(&pool, isa, prec, &acts, &x, w, bias, &mut one);
+                            assert_eq!(
+                                outs[j], one,
+                                "{isa:?} {prec:?} {threads}t {t} rows, projection {j} ({})",
+                                w.dtype
                             );
                         }
                     }

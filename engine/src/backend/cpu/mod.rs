@@ -410,6 +410,44 @@ impl Backend for CpuBackend {
         });
     }
 
+    fn matmul_many(&self, x: &CpuTensor, projs: &mut [crate::backend::Projection<'_, Self>]) {
+        let k = x.cols;
+        for (w, _, out) in projs.iter_mut() {
+            let (n_out, wk) = w.rows_cols();
+            assert_eq!(
+                wk, k,
+                "matmul: activation width {k} vs weight {:?}",
+                w.shape
+            );
+            assert_eq!(out.cols, n_out);
+            self.set_rows(out, x.rows);
+        }
+        if projs.len() > matmul::MAX_FUSED {
+            for (w, bias, out) in projs.iter_mut() {
+                self.matmul(x, w, *bias, out);
+            }
+            return;
+        }
+        // Slots on the stack: decode allocates nothing.
+        let mut slots: [Option<matmul::Proj>; matmul::MAX_FUSED] = Default::default();
+        for (slot, (w, bias, out)) in slots.iter_mut().zip(projs.iter_mut()) {
+            *slot = Some(matmul::Proj {
+                w,
+                bias: bias.map(|b| self.f32_slice(b)),
+                out: out.as_mut_slice(),
+            });
+        }
+        let i = &*self.inner;
+        matmul::matmul_many(
+            &i.pool,
+            i.isa,
+            i.precision,
+            &i.acts,
+            x.as_slice(),
+            &mut slots,
+        );
+    }
+
     fn matmul(
         &self,
         x: &CpuTensor,

@@ -321,6 +321,25 @@ pub trait KvElem: Copy {
     const CONVERTS: bool;
     /// `src` as f32: itself, or converted into `buf` (at least `src.len()` long).
     fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+
+    /// [`weighted_values`] by a SIMD kernel of this element type, where the CPU has one
+    /// and the head is whole 64-value chunks: whether it ran.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn weighted_values_simd<const NT: usize>(
+        _v: &[Self],
+        _kv_cols: usize,
+        _base: usize,
+        _hd: usize,
+        _first: usize,
+        _span: usize,
+        _scores: &[f32],
+        _t0: usize,
+        _h: usize,
+        _out: RowsPtr,
+    ) -> bool {
+        false
+    }
 }
 
 impl KvElem for f32 {
@@ -339,6 +358,53 @@ impl KvElem for half::f16 {
         widen_f16(src, buf);
         buf
     }
+
+    /// On AVX-512: each key's values widened in registers (see
+    /// `simd::x86::weighted_values_f16_avx512`) instead of through a buffer.
+    #[inline(always)]
+    fn weighted_values_simd<const NT: usize>(
+        v: &[half::f16],
+        kv_cols: usize,
+        base: usize,
+        hd: usize,
+        first: usize,
+        span: usize,
+        scores: &[f32],
+        t0: usize,
+        h: usize,
+        out: RowsPtr,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if hd.is_multiple_of(64) && has_avx512() {
+            assert!((first + span) * kv_cols <= v.len() && base + hd <= kv_cols);
+            assert!(scores.len() >= NT * span);
+            for d0 in (0..hd).step_by(64) {
+                // SAFETY: AVX-512 checked; the value rows `first..first + span` and the
+                // probabilities are inside their slices (asserted above); the output rows
+                // t0.. and head h's columns are this task's.
+                unsafe {
+                    super::simd::x86::weighted_values_f16_avx512::<NT>(
+                        v.as_ptr().add(first * kv_cols + base + d0),
+                        kv_cols,
+                        span,
+                        scores.as_ptr(),
+                        out.ptr.add(t0 * out.ld + h * hd + d0),
+                        out.ld,
+                    )
+                };
+            }
+            return true;
+        }
+        let _ = (v, kv_cols, base, hd, first, span, scores, t0, h, out);
+        false
+    }
+}
+
+/// Whether this CPU has the AVX-512 level (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| Isa::available().contains(&Isa::Avx512))
 }
 
 /// `dst = src` as f32: 16 values per `vcvtph2ps` where the CPU has AVX-512 (the `half`
@@ -347,8 +413,7 @@ impl KvElem for half::f16 {
 fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX512.get_or_init(|| Isa::available().contains(&Isa::Avx512)) {
+        if has_avx512() {
             // SAFETY: the CPU has AVX-512 F (checked above).
             unsafe { super::simd::x86::widen_f16_avx512(src, dst) };
             return;
@@ -456,6 +521,9 @@ fn weighted_values<E: KvElem, const NT: usize>(
     out: RowsPtr,
 ) {
     const CHUNK: usize = 64;
+    if E::weighted_values_simd::<NT>(v, kv_cols, base, hd, first, span, scores, t0, h, out) {
+        return;
+    }
     let mut d0 = 0;
     while d0 < hd {
         let dn = CHUNK.min(hd - d0);

@@ -190,9 +190,14 @@ impl<B: Backend> Decoder<B> for Llama<B> {
         {
             // Attention block.
             be.rms_norm(x, &layer.input_norm, cfg.norm_eps, &mut s.normed);
-            layer.q.forward(be, &s.normed, &mut s.q);
-            layer.k.forward(be, &s.normed, &mut s.k);
-            layer.v.forward(be, &s.normed, &mut s.v);
+            be.matmul_many(
+                &s.normed,
+                &mut [
+                    layer.q.proj(&mut s.q),
+                    layer.k.proj(&mut s.k),
+                    layer.v.proj(&mut s.v),
+                ],
+            );
             be.rope(
                 &mut s.q,
                 &self.rope_cos,
@@ -217,8 +222,10 @@ impl<B: Backend> Decoder<B> for Llama<B> {
 
             // MLP block.
             be.rms_norm(x, &layer.post_attention_norm, cfg.norm_eps, &mut s.normed);
-            layer.gate.forward(be, &s.normed, &mut s.gate);
-            layer.up.forward(be, &s.normed, &mut s.up);
+            be.matmul_many(
+                &s.normed,
+                &mut [layer.gate.proj(&mut s.gate), layer.up.proj(&mut s.up)],
+            );
             be.gated(&s.gate, &s.up, cfg.activation, &mut s.act);
             layer.down.forward(be, &s.act, &mut s.proj);
             be.add(x, &s.proj);

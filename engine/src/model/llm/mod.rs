@@ -91,6 +91,11 @@ impl<B: Backend> Linear<B> {
         be.matmul(x, &self.weight, self.bias.as_ref(), out);
     }
 
+    /// This layer writing `out`, for [`Backend::matmul_many`].
+    pub fn proj<'a>(&'a self, out: &'a mut B::Tensor) -> crate::backend::Projection<'a, B> {
+        (&self.weight, self.bias.as_ref(), out)
+    }
+
     pub fn bytes(&self, be: &B) -> usize {
         be.weight_bytes(&self.weight) + self.bias.as_ref().map_or(0, |b| be.weight_bytes(b))
     }

@@ -1989,6 +1989,52 @@ pub unsafe fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
     }
 }
 
+/// The weighted value sums of an attention tile over an f16 cache, for `NT` query rows and
+/// one 64-value chunk of the head: `out[i][c] = Σ_j p[i][j] · v[j][c]` with `p[i]` at
+/// `p.add(i * span)` (`span` keys) and value row `j` at `v.add(j * stride)`. Each key's
+/// chunk is widened in registers (4 × `vcvtph2ps`) and serves every row; the accumulators
+/// (`NT` × 4 registers) never leave registers. Each sum runs over the keys in order with
+/// separate multiply and add, as `ops::weighted_values` and the scalar code do, so the
+/// results are the same bits.
+///
+/// # Safety
+/// The CPU must have the AVX-512 level; `span` value rows of 64 values from `v`, `stride`
+/// apart, `NT` probability rows of `span` values from `p`, and `NT` output rows of 64
+/// values from `out`, `out_ld` apart.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn weighted_values_f16_avx512<const NT: usize>(
+    v: *const half::f16,
+    stride: usize,
+    span: usize,
+    p: *const f32,
+    out: *mut f32,
+    out_ld: usize,
+) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 4]; NT];
+        for j in 0..span {
+            let row = v.add(j * stride) as *const __m256i;
+            let x = [
+                _mm512_cvtph_ps(_mm256_loadu_si256(row)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(1))),
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2))),
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(3))),
+            ];
+            for (i, ai) in acc.iter_mut().enumerate() {
+                let pi = _mm512_set1_ps(*p.add(i * span + j));
+                for (a, &xc) in ai.iter_mut().zip(&x) {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(pi, xc));
+                }
+            }
+        }
+        for (i, ai) in acc.iter().enumerate() {
+            for (c, &a) in ai.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * out_ld + 16 * c), a);
+            }
+        }
+    }
+}
+
 /// `Σ a[c]·b[c]` over `n` values (a multiple of 16), 16 lanes then one reduction.
 #[inline(always)]
 unsafe fn dot512<K: KeyElem>(a: *const f32, b: *const K, n: usize) -> f32 {

@@ -146,10 +146,17 @@ impl<B: Backend> Decoder<B> for Phi2<B> {
                 &mut s.normed,
             );
 
-            // Attention on the normalised input.
-            layer.q.forward(be, &s.normed, &mut s.q);
-            layer.k.forward(be, &s.normed, &mut s.k);
-            layer.v.forward(be, &s.normed, &mut s.v);
+            // Attention and the MLP both read the normalised input: their four input
+            // projections in one call.
+            be.matmul_many(
+                &s.normed,
+                &mut [
+                    layer.q.proj(&mut s.q),
+                    layer.k.proj(&mut s.k),
+                    layer.v.proj(&mut s.v),
+                    layer.fc1.proj(&mut s.mlp_hidden),
+                ],
+            );
             be.rope(
                 &mut s.q,
                 &self.rope_cos,
@@ -171,8 +178,7 @@ impl<B: Backend> Decoder<B> for Phi2<B> {
             be.attention(&s.q, k_cache, v_cache, attn_shape, pos0, &mut s.attn);
             layer.dense.forward(be, &s.attn, &mut s.attn_out);
 
-            // The MLP on the same normalised input, in parallel.
-            layer.fc1.forward(be, &s.normed, &mut s.mlp_hidden);
+            // The MLP, in parallel with attention.
             be.activate(&mut s.mlp_hidden, cfg.activation);
             layer.fc2.forward(be, &s.mlp_hidden, &mut s.mlp_out);
 

@@ -15,11 +15,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::backend::cpu::{CpuBackend, ops};
 use crate::error::{Error, Result};
 use crate::model::llm::PREFILL_CHUNK;
 use crate::model::spec::ModelSpec;
 use crate::model::{Logits, Model, Segment};
+use crate::tensor::{DType, HostTensor};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -168,25 +170,38 @@ pub const ROOFLINE_ROUNDS: usize = 8;
 const ROOFLINE_STEPS: usize = 8;
 
 /// A streaming read on the backend's threads over a buffer 8× the last-level cache (256 MiB
-/// to 1 GiB), in 4 MiB work items.
+/// to 1 GiB), in 4 MiB work items, in the same kind of pages as the backend's weights (huge
+/// pages where it puts them there: the read must not pay TLB misses the decode is spared).
 struct BandwidthProbe<'a> {
     be: &'a CpuBackend,
-    buf: Vec<f32>,
+    buf: crate::tensor::Storage,
 }
 
 impl<'a> BandwidthProbe<'a> {
-    fn new(be: &'a CpuBackend) -> Self {
+    fn new(be: &'a CpuBackend) -> Result<Self> {
         let bytes = (8 * last_level_cache_bytes()).clamp(256 << 20, 1 << 30);
         // Contents that differ from page to page: pages that are really allocated, and
         // that no same-page merging can fold into one.
-        let buf = (0..bytes / 4).map(|i| i as f32).collect();
-        BandwidthProbe { be, buf }
+        let words: Vec<u64> = (0..bytes as u64 / 8)
+            .map(|i| {
+                ((2 * i) as f32).to_bits() as u64 | (((2 * i + 1) as f32).to_bits() as u64) << 32
+            })
+            .collect();
+        let storage = crate::tensor::Storage::Owned {
+            words: std::sync::Arc::new(words),
+            offset: 0,
+            len: bytes,
+        };
+        let host = HostTensor::new(DType::F32, vec![bytes / 4096, 1024], storage);
+        let buf = be.weight(host)?.storage;
+        Ok(BandwidthProbe { be, buf })
     }
 
     /// One pass over the buffer: bytes/s.
     fn pass(&self) -> f64 {
         const CHUNK: usize = 1 << 20; // values per work item
-        let (buf, isa) = (&self.buf[..], self.be.isa());
+        let buf: &[f32] = bytemuck::cast_slice(self.buf.bytes());
+        let isa = self.be.isa();
         let items = buf.len().div_ceil(CHUNK);
         let t = Instant::now();
         let sink = std::sync::atomic::AtomicU32::new(0);
@@ -223,7 +238,7 @@ fn interleaved_roofline(
         .min(gen_tokens)
         .min(end.saturating_sub(1))
         .max(1);
-    let probe = BandwidthProbe::new(be);
+    let probe = BandwidthProbe::new(be)?;
     let mut passes = vec![probe.pass()];
     let mut decode_s = 0.0;
     for _ in 0..ROOFLINE_ROUNDS {

@@ -185,7 +185,7 @@ impl TensorInfo {
 
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    map: Arc<crate::tensor::Map>,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
@@ -435,7 +435,7 @@ impl GgufFile {
         let (version, metadata, tensors) = parse(path, &map[..])?;
         Ok(GgufFile {
             path: path.to_path_buf(),
-            map: Arc::new(map),
+            map: Arc::new(crate::tensor::Map::file(map)),
             version,
             metadata,
             tensors,
@@ -451,7 +451,7 @@ impl GgufFile {
         let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
-            map: Arc::new(map),
+            map: Arc::new(crate::tensor::Map::anon(map)),
             version,
             metadata,
             tensors,

@@ -32,7 +32,7 @@ pub struct TensorEntry {
 /// One memory-mapped safetensors file with a validated header.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    map: Arc<crate::tensor::Map>,
     tensors: BTreeMap<String, TensorEntry>,
     metadata: BTreeMap<String, String>,
 }
@@ -190,7 +190,7 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
         // being truncated by another process while it is loaded.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::from_map(path, Arc::new(map))
+        Self::from_map(path, Arc::new(crate::tensor::Map::file(map)))
     }
 
     /// A safetensors file held in memory (fuzzing, tests); `path` only names it in errors.
@@ -204,13 +204,13 @@ impl SafetensorsFile {
         apply_quant_metadata(path, &mut tensors, &metadata)?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
-            map: Arc::new(map),
+            map: Arc::new(crate::tensor::Map::anon(map)),
             tensors,
             metadata,
         })
     }
 
-    fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
+    fn from_map(path: &Path, map: Arc<crate::tensor::Map>) -> Result<Self> {
         let (mut tensors, metadata) = parse_header(path, &map)?;
         apply_quant_metadata(path, &mut tensors, &metadata)?;
         Ok(SafetensorsFile {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Activation, AttentionShape, Backend, Grid, RopeShape};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, HostTensor};
+use crate::tensor::{DType, HUGE_PAGE, HostTensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use pool::ThreadPool;
@@ -102,6 +102,22 @@ struct Inner {
     precision: matmul::ActPrecision,
     kv: KvPrecision,
     acts: Mutex<matmul::ActBuf>,
+    /// Whether weights of at least [`HUGE_PAGE`] bytes are copied into transparent huge
+    /// pages ([`huge_pages_wanted`]).
+    huge_pages: bool,
+}
+
+/// Whether `weight` copies big weights into transparent huge pages: where Linux offers them
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`), unless
+/// `POCKETVLM_HUGE_PAGES=0` keeps every weight in its file map (shared with the page cache,
+/// no copy at load, but a TLB miss every 4 KiB of the weight stream).
+fn huge_pages_wanted() -> bool {
+    if std::env::var("POCKETVLM_HUGE_PAGES").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    cfg!(target_os = "linux")
+        && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
 }
 
 #[derive(Clone)]
@@ -168,6 +184,7 @@ impl CpuBackend {
                 precision,
                 kv,
                 acts: Mutex::new(matmul::ActBuf::default()),
+                huge_pages: huge_pages_wanted(),
             }),
         })
     }
@@ -287,6 +304,13 @@ impl Backend for CpuBackend {
     fn weight(&self, t: HostTensor) -> Result<HostTensor> {
         if t.shape.len() <= 1 && t.dtype != DType::F32 {
             return Ok(HostTensor::from_f32(t.shape.clone(), &t.to_f32_vec()));
+        }
+        #[cfg(target_os = "linux")]
+        if self.inner.huge_pages && t.bytes().len() >= HUGE_PAGE {
+            // Without huge pages the weight still works from where it is.
+            if let Ok(storage) = t.storage.to_huge_pages() {
+                return Ok(HostTensor::new(t.dtype, t.shape, storage));
+            }
         }
         Ok(t)
     }

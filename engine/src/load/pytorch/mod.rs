@@ -65,7 +65,7 @@ pub struct TensorLayout {
 /// One memory-mapped `torch.save` archive with a validated state dict.
 pub struct PytorchFile {
     path: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    map: Arc<crate::tensor::Map>,
     tensors: BTreeMap<String, TensorLayout>,
 }
 
@@ -78,7 +78,7 @@ impl PytorchFile {
         let tensors = parse_archive(path, &map)?;
         Ok(PytorchFile {
             path: path.to_path_buf(),
-            map: Arc::new(map),
+            map: Arc::new(crate::tensor::Map::file(map)),
             tensors,
         })
     }
@@ -92,7 +92,7 @@ impl PytorchFile {
         let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
         Ok(PytorchFile {
             path: path.to_path_buf(),
-            map: Arc::new(map),
+            map: Arc::new(crate::tensor::Map::anon(map)),
             tensors,
         })
     }

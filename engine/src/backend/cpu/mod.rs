@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Activation, AttentionShape, Backend, Grid, RopeShape};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, HUGE_PAGE, HostTensor};
+use crate::tensor::{Arena, DType, HUGE_PAGE, HostTensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use pool::ThreadPool;
@@ -105,7 +105,15 @@ struct Inner {
     /// Whether weights of at least [`HUGE_PAGE`] bytes are copied into transparent huge
     /// pages ([`huge_pages_wanted`]).
     huge_pages: bool,
+    /// Where weights below [`HUGE_PAGE`] go (a new arena when one fills up).
+    arena: Mutex<Option<Arc<Arena>>>,
 }
+
+/// Bytes of each weight arena (see [`Arena`]).
+const ARENA_BYTES: usize = 16 * HUGE_PAGE;
+
+/// Weights from this size on go to an arena: matrices, not norms and biases.
+const ARENA_MIN: usize = 16 << 10;
 
 /// Whether `weight` copies big weights into transparent huge pages: where Linux offers them
 /// (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`), unless
@@ -185,8 +193,26 @@ impl CpuBackend {
                 kv,
                 acts: Mutex::new(matmul::ActBuf::default()),
                 huge_pages: huge_pages_wanted(),
+                arena: Mutex::new(None),
             }),
         })
+    }
+
+    /// `storage` copied into huge pages: a map of its own from [`HUGE_PAGE`] bytes on, else
+    /// the current arena (a new one when it is full); `None` if the memory cannot be had.
+    #[cfg(target_os = "linux")]
+    fn huge_page_copy(&self, storage: &crate::tensor::Storage) -> Option<crate::tensor::Storage> {
+        if storage.bytes().len() >= HUGE_PAGE {
+            return storage.to_huge_pages().ok();
+        }
+        let mut slot = self.inner.arena.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(copy) = slot.as_ref().and_then(|a| storage.into_arena(a)) {
+            return Some(copy);
+        }
+        let arena = Arc::new(Arena::new(ARENA_BYTES).ok()?);
+        let copy = storage.into_arena(&arena);
+        *slot = Some(arena);
+        copy
     }
 
     pub fn threads(&self) -> usize {
@@ -306,9 +332,9 @@ impl Backend for CpuBackend {
             return Ok(HostTensor::from_f32(t.shape.clone(), &t.to_f32_vec()));
         }
         #[cfg(target_os = "linux")]
-        if self.inner.huge_pages && t.bytes().len() >= HUGE_PAGE {
+        if self.inner.huge_pages && t.bytes().len() >= ARENA_MIN {
             // Without huge pages the weight still works from where it is.
-            if let Ok(storage) = t.storage.to_huge_pages() {
+            if let Some(storage) = self.huge_page_copy(&t.storage) {
                 return Ok(HostTensor::new(t.dtype, t.shape, storage));
             }
         }

@@ -112,7 +112,9 @@ impl Map {
     /// process (they are read from the file again if touched): a file map only, where this
     /// cannot lose data.
     fn release(&self, start: usize, end: usize) {
-        const PAGE: usize = 4096;
+        // A multiple of every page size Linux uses (4, 16 and 64 KiB): `madvise` refuses
+        // an unaligned start.
+        const PAGE: usize = 64 << 10;
         let (a, b) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
         if self.file && a < b {
             // SAFETY: a read-only private map of a file: dropped pages are read from the
@@ -251,7 +253,7 @@ impl Storage {
     /// A copy of these bytes in anonymous memory that asks Linux for transparent huge pages,
     /// starting on a 2 MiB boundary so every whole 2 MiB of it can get one. Decode streams
     /// each weight once per token: with 4 KiB pages a 1.4B model's 790 MB is ~190 000 TLB
-    /// misses a token, with 2 MiB pages ~400 (a Zen 4 VM measured +15% decode tok/s). A
+    /// misses a token, with 2 MiB pages ~400 (see ARCHITECTURE.md for the figures). A
     /// file map's pages behind the copy are released as it goes, so the copy never holds
     /// the weights twice.
     /// A copy of these bytes at the end of `arena` (64-byte aligned), or `None` when it has

@@ -74,9 +74,9 @@ fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> u
 
 /// Work items for the integer kernels: panels of `panel` rows while there is plenty left,
 /// then ever smaller ones (down to [`TILE_R`] rows) as the rows run out — guided scheduling.
-/// The core that finishes first then waits for a small panel, not a whole one: with equal
-/// panels, the 1.4B's down projection (128 rows of 3 KiB a panel) left one core idle for
-/// ~15 µs on average at the end of each call. `bounds` gets the panels' first rows and
+/// The core that finishes first then waits for a small panel, not a whole one (with equal
+/// panels, a 128-row panel of the 1.4B's down projection is ~400 KB of weights, tens of µs
+/// of one core's stream, at the end of every call). `bounds` gets the panels' first rows and
 /// `n_out` (so item `i` is `bounds[i]..bounds[i + 1]`); it is reused, so decode allocates
 /// nothing.
 fn guided_panels(n_out: usize, panel: usize, threads: usize, bounds: &mut Vec<usize>) {
@@ -150,8 +150,9 @@ impl ActPrecision {
     }
 }
 
-/// One projection of [`matmul_many`]: a weight, its bias and its output (`None`: a slot
-/// left empty).
+/// One projection of [`matmul_many`]: a weight, its bias and its output. `matmul_many`
+/// takes them in `Option` slots (a fixed array on the caller's stack); `None` slots are
+/// skipped.
 pub struct Proj<'a> {
     pub w: &'a HostTensor,
     pub bias: Option<&'a [f32]>,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Activation, AttentionShape, Backend, Grid, RopeShape};
 use crate::error::{Error, Result};
-use crate::tensor::{Arena, DType, HUGE_PAGE, HostTensor};
+use crate::tensor::{Arena, DType, HostTensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use pool::ThreadPool;
@@ -102,17 +102,19 @@ struct Inner {
     precision: matmul::ActPrecision,
     kv: KvPrecision,
     acts: Mutex<matmul::ActBuf>,
-    /// Whether weights of at least [`HUGE_PAGE`] bytes are copied into transparent huge
+    /// Whether weights of at least [`ARENA_MIN`] bytes are copied into transparent huge
     /// pages ([`huge_pages_wanted`]).
     huge_pages: bool,
-    /// Where weights below [`HUGE_PAGE`] go (a new arena when one fills up).
+    /// Where weights below `tensor::HUGE_PAGE` go (a new arena when one fills up).
     arena: Mutex<Option<Arc<Arena>>>,
 }
 
 /// Bytes of each weight arena (see [`Arena`]).
-const ARENA_BYTES: usize = 16 * HUGE_PAGE;
+#[cfg(target_os = "linux")]
+const ARENA_BYTES: usize = 16 * crate::tensor::HUGE_PAGE;
 
-/// Weights from this size on go to an arena: matrices, not norms and biases.
+/// Weights from this size on go to huge pages: matrices, not norms and biases.
+#[cfg(target_os = "linux")]
 const ARENA_MIN: usize = 16 << 10;
 
 /// Whether `weight` copies big weights into transparent huge pages: where Linux offers them
@@ -202,7 +204,7 @@ impl CpuBackend {
     /// the current arena (a new one when it is full); `None` if the memory cannot be had.
     #[cfg(target_os = "linux")]
     fn huge_page_copy(&self, storage: &crate::tensor::Storage) -> Option<crate::tensor::Storage> {
-        if storage.bytes().len() >= HUGE_PAGE {
+        if storage.bytes().len() >= crate::tensor::HUGE_PAGE {
             return storage.to_huge_pages().ok();
         }
         let mut slot = self.inner.arena.lock().unwrap_or_else(|e| e.into_inner());

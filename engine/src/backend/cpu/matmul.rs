@@ -7,7 +7,8 @@
 //!   byte is read once per call. For one row (decode) the x86 kernels reduce 16 (8) blocks'
 //!   integer dots together before scaling them (see `simd::x86`); on AVX-512 the row is
 //!   also handed over in pair order (`simd::pair_blocks16`), or, for Q4 weights with
-//!   AVX-512 VBMI, split into high and low bytes (`simd::split_blocks16`).
+//!   AVX-512 VBMI, split into high and low bytes (`simd::split_blocks16`; int8 rows go to
+//!   the same kernel in its byte order, `simd::split_blocks8`).
 //! - Quantised weights, from [`DEQUANT_MIN_ROWS`] rows on (prefill, vision): compute-bound,
 //!   so each task dequantises its panel of weight rows to f32 once (SIMD) and runs the float
 //!   tiles below over every activation row — fewer instructions per multiply than per-block
@@ -39,7 +40,8 @@ pub struct ActBuf {
     qs16: Vec<i16>,
     /// One int16 row again in the decode kernel's pair order (see `simd::pair_blocks16`).
     qs16p: Vec<i16>,
-    /// One int16 row split into bytes for the Q4 decode kernel (`simd::split_blocks16`).
+    /// One row in the Q4 decode kernel's byte order: int16 split into bytes
+    /// (`simd::split_blocks16`) or int8 (`simd::split_blocks8`).
     split: Vec<u8>,
     d: Vec<f32>,
     s: Vec<f32>,
@@ -259,7 +261,7 @@ fn integer_rows<'a>(
     let wide = prec != ActPrecision::Int8;
     quantize_acts(isa, buf, x, k, wide);
     let one = wide && t_rows == 1;
-    let split = one
+    let split = t_rows == 1
         && projs
             .iter()
             .flatten()
@@ -270,9 +272,12 @@ fn integer_rows<'a>(
             .iter()
             .flatten()
             .any(|p| !simd::wants_split16(isa, p.w.dtype));
-    if split {
+    if split && wide {
         buf.split.resize(simd::split16_len(nb), 0);
         simd::split_blocks16(&buf.qs16[..k], &mut buf.split);
+    } else if split {
+        buf.split.resize(simd::split8_len(nb), 0);
+        simd::split_blocks8(&buf.qs[..k], &mut buf.split);
     }
     if pairs {
         buf.qs16p.resize(nb / 2 * 2 * QK, 0);
@@ -356,6 +361,7 @@ fn integer_rows<'a>(
                         d: &d[..t_rows * nb],
                         s: &s[..t_rows * nb],
                         nb,
+                        split,
                     };
                     simd::qgemm(
                         isa,
@@ -436,6 +442,7 @@ pub fn matmul(
                 d: &buf.d[..t_rows * nb],
                 s: &buf.s[..t_rows * nb],
                 nb,
+                split: &[],
             };
             let dtype = w.dtype;
             simd::i8_gemm_offsets(isa, dtype, a.qs, &mut buf.init);

@@ -111,11 +111,25 @@ pub struct Q8Acts<'a> {
     pub s: &'a [f32],
     /// Blocks per row (`k / 32`).
     pub nb: usize,
+    /// A single row's whole 16-block groups in the Q4 decode kernel's byte order
+    /// ([`split_blocks8`]), where [`wants_split16`] says it reads them; empty otherwise.
+    pub split: &'a [u8],
 }
 
-impl Q8Acts<'_> {
+impl<'a> Q8Acts<'a> {
     pub fn rows(&self) -> usize {
         self.d.len().checked_div(self.nb).unwrap_or(0)
+    }
+
+    /// The blocks from `first` on of a single row (a decode kernel's tail).
+    pub fn blocks_from(&self, first: usize) -> Q8Acts<'a> {
+        Q8Acts {
+            qs: &self.qs[first * QK..self.nb * QK],
+            d: &self.d[first..self.nb],
+            s: &self.s[first..self.nb],
+            nb: self.nb - first,
+            split: &[],
+        }
     }
 }
 
@@ -145,8 +159,8 @@ pub fn wants_pairs16(isa: Isa) -> bool {
     false
 }
 
-/// Whether this level's Q4 decode kernel reads the activations split into bytes
-/// ([`split_blocks16`]) instead of in pair order.
+/// Whether this level's Q4 decode kernel reads the activations in its byte order:
+/// [`split_blocks16`] (int16, instead of in pair order) or [`split_blocks8`] (int8).
 pub fn wants_split16(isa: Isa, dtype: DType) -> bool {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && matches!(dtype, DType::Q4_0 | DType::Q4_1) && x86::has_vbmi() {
@@ -159,6 +173,33 @@ pub fn wants_split16(isa: Isa, dtype: DType) -> bool {
 /// Bytes of [`split_blocks16`]'s output for a row of `nb` blocks (whole 16-block groups).
 pub fn split16_len(nb: usize) -> usize {
     nb / 16 * 16 * QK * 2
+}
+
+/// Bytes of [`split_blocks8`]'s output for `nb` blocks.
+pub fn split8_len(nb: usize) -> usize {
+    nb / 16 * 16 * QK
+}
+
+/// One int8 activation row's whole 16-block groups in the order of the Q4 decode kernel's
+/// nibble registers: each quad of blocks `4q … 4q+3` takes 128 bytes, elements 0–15 of
+/// each block (block `j` in bytes `16j …`), then elements 16–31 in the same order — the
+/// `h` half of [`split_blocks16`]'s layout.
+pub fn split_blocks8(q: &[i8], out: &mut [u8]) {
+    const H: usize = QK / 2;
+    let quads = q.len() / QK / 16 * 4;
+    for (quad, dst) in q
+        .chunks_exact(4 * QK)
+        .take(quads)
+        .zip(out.chunks_exact_mut(128))
+    {
+        for (j, block) in quad.chunks_exact(QK).enumerate() {
+            for (half, vals) in block.chunks_exact(H).enumerate() {
+                for (i, &a) in vals.iter().enumerate() {
+                    dst[half * 64 + j * H + i] = a as u8;
+                }
+            }
+        }
+    }
 }
 
 /// One int16 activation row's whole 16-block groups as bytes, for a `vpdpbusd` against

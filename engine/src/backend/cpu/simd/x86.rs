@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BF_MR, OutPtr, Q8Acts, for_tiles, split16_len};
+use super::{BF_MR, OutPtr, Q8Acts, for_tiles, split8_len, split16_len};
 use crate::quant::QK;
 use crate::tensor::DType;
 
@@ -346,8 +346,15 @@ pub unsafe fn qgemm_avx512(
     out: OutPtr,
     r0: usize,
 ) {
+    let split = acts.rows() == 1 && acts.nb >= 16 && acts.split.len() >= split8_len(acts.nb);
     unsafe {
         match dtype {
+            DType::Q4_0 if split && has_vbmi() => {
+                gemv512_split::<Q40, _>(w, row_bytes, rows, acts, out, r0)
+            }
+            DType::Q4_1 if split && has_vbmi() => {
+                gemv512_split::<Q41, _>(w, row_bytes, rows, acts, out, r0)
+            }
             DType::Q4_0 => qgemm512::<Q40>(w, row_bytes, rows, acts, out, r0),
             DType::Q4_1 => qgemm512::<Q41>(w, row_bytes, rows, acts, out, r0),
             DType::Q8_0 => qgemm512::<Q80>(w, row_bytes, rows, acts, out, r0),
@@ -1131,15 +1138,15 @@ unsafe fn prefetch_lines(p: *const u8, len: usize) {
 unsafe fn scale_group<F: Fmt16>(
     acc: __m512,
     dot: __m512i,
-    acts: &super::Q16Acts,
+    (d, s): (&[f32], &[f32]),
     b0: usize,
     d16: __m256i,
     m16: __m256i,
 ) -> __m512 {
     unsafe {
         let dot = _mm512_cvtepi32_ps(dot);
-        let dx = _mm512_loadu_ps(acts.d.as_ptr().add(b0));
-        let sx = _mm512_loadu_ps(acts.s.as_ptr().add(b0));
+        let dx = _mm512_loadu_ps(d.as_ptr().add(b0));
+        let sx = _mm512_loadu_ps(s.as_ptr().add(b0));
         let dw = _mm512_cvtph_ps(d16);
         let t = if F::OFFSET != 0 {
             let offset = _mm512_set1_ps(F::OFFSET as f32);
@@ -1159,15 +1166,52 @@ unsafe fn scale_group<F: Fmt16>(
 /// A grouped decode kernel's row total: `acc`'s lanes plus the blocks after the last
 /// whole 16 (through [`q16row512`]).
 #[inline(always)]
-unsafe fn finish_row<F: Fmt16 + Fmt512>(acc: __m512, w: *const u8, acts: &super::Q16Acts) -> f32 {
-    unsafe {
-        let mut sum = _mm512_reduce_add_ps(acc);
-        let done = acts.nb / 16 * 16;
-        if done < acts.nb {
-            let rest = acts.blocks_from(done);
-            sum += q16row512::<F>(w.add(done * <F as Fmt16>::BYTES), &rest, 0);
-        }
-        sum
+unsafe fn finish_row<F: Fmt16 + Fmt512, A: SplitActs>(acc: __m512, w: *const u8, acts: &A) -> f32 {
+    let (_, nb, _) = acts.parts();
+    let done = nb / 16 * 16;
+    let tail = if done < nb {
+        // SAFETY: blocks done..nb are inside the row.
+        unsafe { acts.tail::<F>(w.add(done * <F as Fmt16>::BYTES), done) }
+    } else {
+        0.0
+    };
+    // SAFETY: the caller's target features include AVX-512.
+    tail + unsafe { _mm512_reduce_add_ps(acc) }
+}
+
+/// The activations of a grouped Q4 decode kernel ([`row512_split`]): int16 (split into
+/// high and low bytes, or in pair order) or int8.
+trait SplitActs {
+    /// int16 (`h` and `l` bytes, 256 per quad) rather than int8 (128 per quad).
+    const WIDE: bool;
+    /// The split bytes, the row's blocks and their scales `(d, s)`.
+    fn parts(&self) -> (*const u8, usize, (&[f32], &[f32]));
+    /// The dot of the row's blocks from `first` on (at `w`) by the one-row kernel.
+    unsafe fn tail<F: Fmt16 + Fmt512>(&self, w: *const u8, first: usize) -> f32;
+}
+
+impl SplitActs for super::Q16Acts<'_> {
+    const WIDE: bool = true;
+    fn parts(&self) -> (*const u8, usize, (&[f32], &[f32])) {
+        (self.split.as_ptr(), self.nb, (self.d, self.s))
+    }
+    #[inline(always)]
+    unsafe fn tail<F: Fmt16 + Fmt512>(&self, w: *const u8, first: usize) -> f32 {
+        unsafe { q16row512::<F>(w, &self.blocks_from(first), 0) }
+    }
+}
+
+impl SplitActs for Q8Acts<'_> {
+    const WIDE: bool = false;
+    fn parts(&self) -> (*const u8, usize, (&[f32], &[f32])) {
+        (self.split.as_ptr(), self.nb, (self.d, self.s))
+    }
+    #[inline(always)]
+    unsafe fn tail<F: Fmt16 + Fmt512>(&self, w: *const u8, first: usize) -> f32 {
+        let mut v = 0.0f32;
+        let out = OutPtr { ptr: &mut v, ld: 1 };
+        unsafe { qtile512::<F, 1, 1>(w, 0, &self.blocks_from(first), 0, out, 0) };
+        v
     }
 }
 
@@ -1382,20 +1426,20 @@ unsafe fn q16row512_grouped<F: Pair16 + Fmt512, const VBMI: bool>(
                     _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head)),
                 )
             };
-            acc = scale_group::<F>(acc, reduce_pairs(&v), acts, b0, d16, m16);
+            acc = scale_group::<F>(acc, reduce_pairs(&v), (acts.d, acts.s), b0, d16, m16);
         }
-        finish_row::<F>(acc, w, acts)
+        finish_row::<F, _>(acc, w, acts)
     }
 }
 
-/// A Q4 format for [`q16row512_split`].
+/// A Q4 format for [`row512_split`].
 trait Nib16: Pair16 {
     /// The byte permutes that gather each quad of a 16-block group's nibble bytes (a
     /// static: an associated constant would be copied to the stack at each use).
     fn quads() -> &'static [NibWindow; 4];
 }
 
-/// One `vpermt2b` of [`q16row512_split`]: a 128-byte window of a 16-block group from
+/// One `vpermt2b` of [`row512_split`]: a 128-byte window of a 16-block group from
 /// byte `start` and, for destination byte `16j + i`, the window byte holding nibble byte
 /// `i` of block `4q + j`.
 #[derive(Clone, Copy)]
@@ -1478,14 +1522,16 @@ unsafe fn reduce_quads(c: &[__m512i; 4]) -> __m512i {
 /// `h` and the unsigned `l` by the nibbles (signed, being 0–15): four `vpdpbusd` per 128
 /// weights instead of widening the nibbles to 16 bits for eight `vpdpwssd`-equivalents.
 /// (Two rows at a time, sharing the activation loads, measured no faster.)
+///
+/// With int8 activations ([`super::split_blocks8`]) only the `h` half runs: ggml's
+/// numerics at two `vpdpbusd` per 128 weights.
 #[inline(always)]
-unsafe fn q16row512_split<F: Nib16 + Fmt512>(w: *const u8, acts: &super::Q16Acts) -> f32 {
+unsafe fn row512_split<F: Nib16 + Fmt512, A: SplitActs>(w: *const u8, acts: &A) -> f32 {
     unsafe {
-        let nb = acts.nb;
+        let (sa, nb, scales) = acts.parts();
         let groups = nb / 16;
-        debug_assert!(acts.split.len() >= super::split16_len(nb));
         let bytes = <F as Fmt16>::BYTES;
-        let sa = acts.split.as_ptr();
+        let quad_bytes = if A::WIDE { 256 } else { 128 };
         let low = _mm512_set1_epi8(0x0F);
         let quads = F::quads();
         let mut acc = _mm512_setzero_ps();
@@ -1506,29 +1552,34 @@ unsafe fn q16row512_split<F: Nib16 + Fmt512>(w: *const u8, acts: &super::Q16Acts
                 );
                 let lo = _mm512_and_si512(nib, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(nib), low);
-                let a = sa.add((g * 4 + q) * 256) as *const __m512i;
+                let a = sa.add((g * 4 + q) * quad_bytes) as *const __m512i;
                 let zero = _mm512_setzero_si512();
                 let h = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(a));
                 let h = _mm512_dpbusd_epi32(h, hi, _mm512_loadu_si512(a.add(1)));
-                let l = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(a.add(2)), lo);
-                let l = _mm512_dpbusd_epi32(l, _mm512_loadu_si512(a.add(3)), hi);
-                *cq = _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l);
+                *cq = if A::WIDE {
+                    let l = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(a.add(2)), lo);
+                    let l = _mm512_dpbusd_epi32(l, _mm512_loadu_si512(a.add(3)), hi);
+                    _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l)
+                } else {
+                    h
+                };
             }
             let h = heads_vbmi(base, &F::HEADS);
             let (d16, m16) = (_mm512_castsi512_si256(h), _mm512_extracti64x4_epi64::<1>(h));
-            acc = scale_group::<F>(acc, reduce_quads(&c), acts, b0, d16, m16);
+            acc = scale_group::<F>(acc, reduce_quads(&c), scales, b0, d16, m16);
         }
-        finish_row::<F>(acc, w, acts)
+        finish_row::<F, A>(acc, w, acts)
     }
 }
 
-/// [`q16row512_split`] over `rows` rows (AVX-512 VBMI; Q4_0 and Q4_1).
+/// [`row512_split`] over `rows` rows (AVX-512 VBMI; Q4_0 and Q4_1; int16 or int8
+/// activations).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn q16gemv512_split<F: Nib16 + Fmt512>(
+unsafe fn gemv512_split<F: Nib16 + Fmt512, A: SplitActs>(
     w: &[u8],
     row_bytes: usize,
     rows: usize,
-    acts: super::Q16Acts,
+    acts: A,
     out: OutPtr,
     r0: usize,
 ) {
@@ -1539,7 +1590,7 @@ unsafe fn q16gemv512_split<F: Nib16 + Fmt512>(
             out.write(
                 0,
                 r0 + r,
-                q16row512_split::<F>(wp.add(r * row_bytes), &acts),
+                row512_split::<F, A>(wp.add(r * row_bytes), &acts),
             )
         };
     }
@@ -1632,10 +1683,10 @@ pub unsafe fn qgemm16_avx512(
     unsafe {
         match dtype {
             DType::Q4_0 if split && has_vbmi() => {
-                q16gemv512_split::<Q40>(w, row_bytes, rows, acts, out, r0)
+                gemv512_split::<Q40, _>(w, row_bytes, rows, acts, out, r0)
             }
             DType::Q4_1 if split && has_vbmi() => {
-                q16gemv512_split::<Q41>(w, row_bytes, rows, acts, out, r0)
+                gemv512_split::<Q41, _>(w, row_bytes, rows, acts, out, r0)
             }
             DType::Q4_0 if has_vbmi() => q16gemm512_vbmi::<Q40>(w, row_bytes, rows, acts, out, r0),
             DType::Q4_1 if has_vbmi() => q16gemm512_vbmi::<Q41>(w, row_bytes, rows, acts, out, r0),
@@ -2703,10 +2754,10 @@ mod tests {
                 unsafe {
                     match (dtype, vbmi) {
                         (DType::Q4_0, true) if by_bytes => {
-                            q16gemv512_split::<Q40>(&w, row_bytes, rows, a, o, 0)
+                            gemv512_split::<Q40, _>(&w, row_bytes, rows, a, o, 0)
                         }
                         (DType::Q4_1, true) if by_bytes => {
-                            q16gemv512_split::<Q41>(&w, row_bytes, rows, a, o, 0)
+                            gemv512_split::<Q41, _>(&w, row_bytes, rows, a, o, 0)
                         }
                         (DType::Q4_0, true) => q16gemm512_vbmi::<Q40>(&w, row_bytes, rows, a, o, 0),
                         (DType::Q4_0, false) => q16gemm512::<Q40>(&w, row_bytes, rows, a, o, 0),
@@ -2722,6 +2773,60 @@ mod tests {
             if dtype != DType::Q8_0 {
                 // The split-byte Q4 kernel: the same integer dots, the same float steps.
                 assert_eq!(run(true, true), run(false, false), "{dtype} split");
+            }
+        }
+    }
+
+    /// The split-byte Q4 decode kernel with int8 activations against the int8 tile kernel:
+    /// the same integer dots per block, scaled in another order.
+    #[test]
+    fn int8_split_decode_kernel_matches_the_tile_kernel() {
+        if !avx512() || !has_vbmi() {
+            eprintln!("skipped: no AVX-512 VBMI here");
+            return;
+        }
+        for (rows, nb) in [(7, 37), (3, 16), (2, 48), (5, 17)] {
+            let k = nb * QK;
+            let x: Vec<f32> = random_bytes(k, 11)
+                .iter()
+                .map(|&b| b as f32 / 64.0 - 2.0)
+                .collect();
+            let (mut qs, mut d, mut s) = (vec![0i8; k], vec![0.0; nb], vec![0.0; nb]);
+            super::super::quantize_rows(super::super::Isa::Avx512, &x, &mut qs, &mut d, &mut s);
+            let mut split = vec![0u8; split8_len(nb)];
+            super::super::split_blocks8(&qs, &mut split);
+            for dtype in [DType::Q4_0, DType::Q4_1] {
+                let v: Vec<f32> = random_bytes(rows * k, 13)
+                    .iter()
+                    .map(|&b| b as f32 / 128.0 - 1.0)
+                    .collect();
+                let w = quant::quantize(dtype, &v);
+                let row_bytes = w.len() / rows;
+                let run = |split: &[u8]| {
+                    let mut out = vec![0.0f32; rows];
+                    let o = OutPtr {
+                        ptr: out.as_mut_ptr(),
+                        ld: rows,
+                    };
+                    let a = Q8Acts {
+                        qs: &qs,
+                        d: &d,
+                        s: &s,
+                        nb,
+                        split,
+                    };
+                    // SAFETY: AVX-512 and VBMI checked above; shapes consistent.
+                    unsafe { qgemm_avx512(dtype, &w, row_bytes, rows, a, o, 0) };
+                    out
+                };
+                let (by_bytes, tiles) = (run(&split), run(&[]));
+                let scale = tiles.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (r, (a, b)) in by_bytes.iter().zip(&tiles).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{dtype} {rows}×{nb} row {r}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

@@ -265,13 +265,13 @@ fn integer_rows<'a>(
         && projs
             .iter()
             .flatten()
-            .any(|p| simd::wants_split16(isa, p.w.dtype));
+            .any(|p| simd::wants_split(isa, p.w.dtype));
     let pairs = one
         && simd::wants_pairs16(isa)
         && projs
             .iter()
             .flatten()
-            .any(|p| !simd::wants_split16(isa, p.w.dtype));
+            .any(|p| !simd::wants_split(isa, p.w.dtype));
     if split && wide {
         buf.split.resize(simd::split16_len(nb), 0);
         simd::split_blocks16(&buf.qs16[..k], &mut buf.split);

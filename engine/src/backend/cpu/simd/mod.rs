@@ -112,7 +112,7 @@ pub struct Q8Acts<'a> {
     /// Blocks per row (`k / 32`).
     pub nb: usize,
     /// A single row's whole 16-block groups in the Q4 decode kernel's byte order
-    /// ([`split_blocks8`]), where [`wants_split16`] says it reads them; empty otherwise.
+    /// ([`split_blocks8`]), where [`wants_split`] says it reads them; empty otherwise.
     pub split: &'a [u8],
 }
 
@@ -144,7 +144,7 @@ pub struct Q16Acts<'a> {
     /// where [`wants_pairs16`] says the kernel reads it; empty otherwise.
     pub paired: &'a [i16],
     /// A single row's whole 16-block groups split into bytes for the Q4 decode kernel
-    /// ([`split_blocks16`]), where [`wants_split16`] says it reads them; empty otherwise.
+    /// ([`split_blocks16`]), where [`wants_split`] says it reads them; empty otherwise.
     pub split: &'a [u8],
 }
 
@@ -161,7 +161,7 @@ pub fn wants_pairs16(isa: Isa) -> bool {
 
 /// Whether this level's Q4 decode kernel reads the activations in its byte order:
 /// [`split_blocks16`] (int16, instead of in pair order) or [`split_blocks8`] (int8).
-pub fn wants_split16(isa: Isa, dtype: DType) -> bool {
+pub fn wants_split(isa: Isa, dtype: DType) -> bool {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && matches!(dtype, DType::Q4_0 | DType::Q4_1) && x86::has_vbmi() {
         return true;

@@ -1166,7 +1166,7 @@ unsafe fn scale_group<F: Fmt16>(
 /// A grouped decode kernel's row total: `acc`'s lanes plus the blocks after the last
 /// whole 16 (through [`q16row512`]).
 #[inline(always)]
-unsafe fn finish_row<F: Fmt16 + Fmt512, A: SplitActs>(acc: __m512, w: *const u8, acts: &A) -> f32 {
+unsafe fn finish_row<F: Fmt16 + Fmt512, A: DecodeActs>(acc: __m512, w: *const u8, acts: &A) -> f32 {
     let (_, nb, _) = acts.parts();
     let done = nb / 16 * 16;
     let tail = if done < nb {
@@ -1179,21 +1179,22 @@ unsafe fn finish_row<F: Fmt16 + Fmt512, A: SplitActs>(acc: __m512, w: *const u8,
     tail + unsafe { _mm512_reduce_add_ps(acc) }
 }
 
-/// The activations of a grouped Q4 decode kernel ([`row512_split`]): int16 (split into
-/// high and low bytes, or in pair order) or int8.
-trait SplitActs {
+/// The activation row of a grouped decode kernel ([`row512_split`], and [`finish_row`]'s
+/// tail): int16 (split into high and low bytes, or in pair order) or int8.
+trait DecodeActs {
     /// int16 (`h` and `l` bytes, 256 per quad) rather than int8 (128 per quad).
     const WIDE: bool;
-    /// The split bytes, the row's blocks and their scales `(d, s)`.
-    fn parts(&self) -> (*const u8, usize, (&[f32], &[f32]));
+    /// The split bytes (empty outside [`row512_split`]), the row's blocks and their
+    /// scales `(d, s)`.
+    fn parts(&self) -> (&[u8], usize, (&[f32], &[f32]));
     /// The dot of the row's blocks from `first` on (at `w`) by the one-row kernel.
     unsafe fn tail<F: Fmt16 + Fmt512>(&self, w: *const u8, first: usize) -> f32;
 }
 
-impl SplitActs for super::Q16Acts<'_> {
+impl DecodeActs for super::Q16Acts<'_> {
     const WIDE: bool = true;
-    fn parts(&self) -> (*const u8, usize, (&[f32], &[f32])) {
-        (self.split.as_ptr(), self.nb, (self.d, self.s))
+    fn parts(&self) -> (&[u8], usize, (&[f32], &[f32])) {
+        (self.split, self.nb, (self.d, self.s))
     }
     #[inline(always)]
     unsafe fn tail<F: Fmt16 + Fmt512>(&self, w: *const u8, first: usize) -> f32 {
@@ -1201,10 +1202,10 @@ impl SplitActs for super::Q16Acts<'_> {
     }
 }
 
-impl SplitActs for Q8Acts<'_> {
+impl DecodeActs for Q8Acts<'_> {
     const WIDE: bool = false;
-    fn parts(&self) -> (*const u8, usize, (&[f32], &[f32])) {
-        (self.split.as_ptr(), self.nb, (self.d, self.s))
+    fn parts(&self) -> (&[u8], usize, (&[f32], &[f32])) {
+        (self.split, self.nb, (self.d, self.s))
     }
     #[inline(always)]
     unsafe fn tail<F: Fmt16 + Fmt512>(&self, w: *const u8, first: usize) -> f32 {
@@ -1526,12 +1527,14 @@ unsafe fn reduce_quads(c: &[__m512i; 4]) -> __m512i {
 /// With int8 activations ([`super::split_blocks8`]) only the `h` half runs: ggml's
 /// numerics at two `vpdpbusd` per 128 weights.
 #[inline(always)]
-unsafe fn row512_split<F: Nib16 + Fmt512, A: SplitActs>(w: *const u8, acts: &A) -> f32 {
+unsafe fn row512_split<F: Nib16 + Fmt512, A: DecodeActs>(w: *const u8, acts: &A) -> f32 {
     unsafe {
-        let (sa, nb, scales) = acts.parts();
+        let (split, nb, scales) = acts.parts();
         let groups = nb / 16;
         let bytes = <F as Fmt16>::BYTES;
         let quad_bytes = if A::WIDE { 256 } else { 128 };
+        debug_assert!(split.len() >= groups * 4 * quad_bytes);
+        let sa = split.as_ptr();
         let low = _mm512_set1_epi8(0x0F);
         let quads = F::quads();
         let mut acc = _mm512_setzero_ps();
@@ -1575,7 +1578,7 @@ unsafe fn row512_split<F: Nib16 + Fmt512, A: SplitActs>(w: *const u8, acts: &A) 
 /// [`row512_split`] over `rows` rows (AVX-512 VBMI; Q4_0 and Q4_1; int16 or int8
 /// activations).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn gemv512_split<F: Nib16 + Fmt512, A: SplitActs>(
+unsafe fn gemv512_split<F: Nib16 + Fmt512, A: DecodeActs>(
     w: &[u8],
     row_bytes: usize,
     rows: usize,

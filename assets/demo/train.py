@@ -321,47 +321,55 @@ TEXT_Q = ["What does the text say?", "What word is written?", "What is written i
 
 
 def questions(scene, rng):
-    """Every (type, question, answer) this scene supports, several per type."""
+    """Every (type, question, answer, cells) this scene supports, several per type. `cells`
+    are the layout cells the answer is read from (the asked shape's, every counted shape's,
+    the text row's; empty for descriptions and for answers about something absent): the
+    training-only attention loss (see attention_loss) points a language-model head there."""
     shapes = scene["shapes"]
     kinds = [s["kind"] for s in shapes]
     colours = [s["colour"] for s in shapes]
     out = []
 
-    out.append(("describe", rng.choice(DESCRIBE_Q), describe(scene)))
+    def cells_of(pred):
+        return tuple(s["cell"] for s in shapes if pred(s))
+
+    out.append(("describe", rng.choice(DESCRIBE_Q), describe(scene), ()))
 
     # Counting: all shapes, and one kind (present or absent).
     if shapes or rng.random() < 0.5:
-        out.append(("count", rng.choice(COUNT_Q), count_phrase(len(shapes), "shape", "shapes")))
+        out.append(("count", rng.choice(COUNT_Q), count_phrase(len(shapes), "shape", "shapes"),
+                    cells_of(lambda s: True)))
     k = rng.choice(kinds) if shapes and rng.random() < 0.7 else rng.choice(KINDS)
     out.append(("count", rng.choice([f"How many {PLURAL[k]} are there?",
                                      f"How many {PLURAL[k]} are in the image?",
                                      f"How many {PLURAL[k]} can you see?"]),
-                count_phrase(kinds.count(k), k, PLURAL[k])))
+                count_phrase(kinds.count(k), k, PLURAL[k]), cells_of(lambda s: s["kind"] == k)))
 
     for s in shapes:
         k, c, pos = s["kind"], s["colour"], POSITIONS[s["cell"]]
+        here = (s["cell"],)
         unique_kind = kinds.count(k) == 1
         unique_colour = colours.count(c) == 1
         # Colour of a shape named by its kind (and its place when the kind repeats).
         if unique_kind:
             q = rng.choice([f"What colour is the {k}?", f"Which colour is the {k}?",
                             f"What is the colour of the {k}?"])
-            out.append(("colour", q, f"The {k} is {c}."))
+            out.append(("colour", q, f"The {k} is {c}.", here))
         else:
-            out.append(("colour", f"What colour is the {k} {pos}?", f"The {k} {pos} is {c}."))
+            out.append(("colour", f"What colour is the {k} {pos}?", f"The {k} {pos} is {c}.", here))
         # Shape of a shape named by its colour, or by its place.
         if unique_colour:
             q = rng.choice([f"What shape is the {c} one?", f"What is the {c} shape?",
                             f"Which shape is {c}?"])
-            out.append(("shape", q, f"It is {article(k)} {k}."))
+            out.append(("shape", q, f"It is {article(k)} {k}.", here))
         out.append(("shape", rng.choice([f"What shape is {pos}?", f"What is {pos}?"]),
-                    f"It is {article(c)} {c} {k}."))
+                    f"It is {article(c)} {c} {k}.", here))
         # Position.
         if unique_kind:
             q = rng.choice([f"Where is the {k}?", f"Where is the {k} in the image?"])
-            out.append(("position", q, f"The {k} is {pos}."))
+            out.append(("position", q, f"The {k} is {pos}.", here))
         elif sum(1 for x in shapes if x["kind"] == k and x["colour"] == c) == 1:
-            out.append(("position", f"Where is the {c} {k}?", f"The {c} {k} is {pos}."))
+            out.append(("position", f"Where is the {c} {k}?", f"The {c} {k} is {pos}.", here))
 
     # Empty cells.
     occupied = {s["cell"] for s in shapes}
@@ -369,48 +377,52 @@ def questions(scene, rng):
         occupied |= {3 * scene["text"]["row"] + i for i in range(3)}
     empty = [c for c in range(9) if c not in occupied]
     if empty and rng.random() < 0.3:
-        pos = POSITIONS[rng.choice(empty)]
+        cell = rng.choice(empty)
+        pos = POSITIONS[cell]
         out.append(("shape", rng.choice([f"What shape is {pos}?", f"What is {pos}?"]),
-                    "There is nothing there."))
+                    "There is nothing there.", (cell,)))
 
     # Yes/no, balanced.
     for _ in range(2):
         if rng.random() < 0.5 and shapes:
             s = rng.choice(shapes)
             if rng.random() < 0.5:
-                out.append(("exists", f"Is there {article(s['kind'])} {s['kind']}?", "Yes."))
+                out.append(("exists", f"Is there {article(s['kind'])} {s['kind']}?", "Yes.",
+                            cells_of(lambda x: x["kind"] == s["kind"])))
             else:
                 out.append(("exists", f"Is there {article(s['colour'])} {s['colour']} {s['kind']}?",
-                            "Yes."))
+                            "Yes.", cells_of(lambda x: x["kind"] == s["kind"]
+                                             and x["colour"] == s["colour"])))
         else:
             if rng.random() < 0.5:
                 absent = [k for k in KINDS if k not in kinds]
                 k = rng.choice(absent)
                 out.append(("exists", rng.choice([f"Is there {article(k)} {k}?",
-                                                  f"Are there any {PLURAL[k]}?"]), "No."))
+                                                  f"Are there any {PLURAL[k]}?"]), "No.", ()))
             else:
                 pairs = {(s["colour"], s["kind"]) for s in shapes}
                 for _ in range(20):
                     c = rng.choice(colours) if shapes and rng.random() < 0.5 else rng.choice(list(COLOURS))
                     k = rng.choice(kinds) if shapes and rng.random() < 0.5 else rng.choice(KINDS)
                     if (c, k) not in pairs:
-                        out.append(("exists", f"Is there {article(c)} {c} {k}?", "No."))
+                        out.append(("exists", f"Is there {article(c)} {c} {k}?", "No.", ()))
                         break
 
     t = scene["text"]
     if t is not None:
-        out.append(("text", rng.choice(TEXT_Q), f"It says \"{t['word']}\"."))
+        row = tuple(3 * t["row"] + i for i in range(3))
+        out.append(("text", rng.choice(TEXT_Q), f"It says \"{t['word']}\".", row))
         out.append(("text", rng.choice(["What colour is the text?", "What colour is the word?"]),
-                    f"The text is {t['colour']}."))
+                    f"The text is {t['colour']}.", row))
         out.append(("text", rng.choice(["Where is the text?", "Where is the word?"]),
-                    f"The text is {ROW_POSITIONS[t['row']]}."))
-        out.append(("exists", "Is there any text?", "Yes."))
+                    f"The text is {ROW_POSITIONS[t['row']]}.", row))
+        out.append(("exists", "Is there any text?", "Yes.", row))
     elif rng.random() < 0.2:
         if rng.random() < 0.5:
-            out.append(("text", rng.choice(TEXT_Q), "There is no text."))
+            out.append(("text", rng.choice(TEXT_Q), "There is no text.", ()))
         else:
-            out.append(("exists", "Is there any text?", "No."))
-    return [(ty, style(rng, q), a) for ty, q, a in out]
+            out.append(("exists", "Is there any text?", "No.", ()))
+    return [(ty, style(rng, q), a, cells) for ty, q, a, cells in out]
 
 
 def pick_turns(qas, rng, n):
@@ -437,7 +449,7 @@ def vicuna_text(turns):
     the image placeholder and the character spans the model is trained on (each answer
     with its leading space and closing </s>)."""
     text, spans = "", []
-    for i, (_, q, a) in enumerate(turns):
+    for i, (_, q, a, _) in enumerate(turns):
         text += ("\n" if i == 0 else "USER: ") + q + " ASSISTANT:"
         start = len(text)
         text += " " + a + "</s>"
@@ -478,14 +490,27 @@ def build_tokenizer(seed, vocab_size):
 def encode_sample(tok, turns):
     """Token ids of the text after the image (BOS dropped, as tokenizer_image_token does)
     and per-token training targets (-100 outside the answers)."""
+    ids, labels, _ = encode_turns(tok, turns)
+    return ids, labels
+
+
+def encode_turns(tok, turns, occupied=range(9)):
+    """encode_sample, plus each token's answer cells as a 9-bit mask (bit c: layout cell c;
+    0 outside the answers and for answers read from no cell), with the other `occupied`
+    cells of such answers in bits 9–17."""
     text, spans = vicuna_text(turns)
     enc = tok.encode(text)
     ids, offsets = enc.ids[1:], enc.offsets[1:]
-    labels = []
+    labels, cells = [], []
     for tid, (a, b) in zip(ids, offsets):
-        inside = any(s <= a and b <= e for s, e in spans) and b > a
-        labels.append(tid if inside else -100)
-    return ids, labels
+        turn = None
+        if b > a:
+            turn = next((k for k, (s, e) in enumerate(spans) if s <= a and b <= e), None)
+        labels.append(tid if turn is not None else -100)
+        target = set() if turn is None else set(turns[turn][3])
+        others = set(occupied) - target if target else set()
+        cells.append(sum(1 << c for c in target) + sum(1 << (9 + c) for c in others))
+    return ids, labels, cells
 
 
 # ----------------------------------------------------------------------------------------
@@ -746,13 +771,19 @@ class MobileVLM(nn.Module):
     def image_embeds(self, pixels):
         return self.model.mm_projector(self.model.vision_tower(pixels))
 
-    def decoder(self, x, t0=0, caches=None, layout=None):
-        """layout: optional (positions, attention mask) of isolated turns (turn_layout)."""
+    def decoder(self, x, t0=0, caches=None, layout=None, tap=None):
+        """layout: optional (positions, attention mask) of isolated turns (turn_layout).
+        tap: a layer index; then also returns the attention input, RoPE and mask of that
+        layer and every later one (for attention_loss)."""
         cos, sin = self.rope(t0, x.shape[1]) if layout is None else self.rope_at(layout[0])
         mask = None if layout is None else layout[1]
+        tapped = []
         for i, layer in enumerate(self.model.layers):
+            if tap is not None and i >= tap:
+                tapped.append((layer.self_attn, layer.input_layernorm(x), cos, sin, mask))
             x = layer(x, cos, sin, None if caches is None else caches[i], mask)
-        return self.model.norm(x)
+        h = self.model.norm(x)
+        return h if tap is None else (h, tapped)
 
     def embed_batch(self, prefix_ids, pixels, ids, image_rows=None):
         """[prefix text][image rows][text after the image] for a batch (same prefix)."""
@@ -771,14 +802,19 @@ class CellProbe(nn.Module):
     any of its rows and reads its colour and place there. Its RoPE positions are relative,
     so the place could not otherwise come from where the rows sit in the sequence."""
 
-    def __init__(self, width, place_classes=9):
+    def __init__(self, width, place_classes=9, count=False):
         super().__init__()
         self.colour = nn.Linear(width, len(COLOURS) + 1)  # last class: no shape
         self.kind = nn.Linear(width, len(KINDS) + 1)
         self.place = nn.Linear(width, place_classes)  # 10: "no shape" too (--place-probe occupied)
+        # --count-probe: how many shapes of its cell's kind the scene has (0: empty cell), so
+        # that "how many stars" is read from any star's rows, as a colour is; a language
+        # model's attention averages over what it finds and cannot count it.
+        self.same = nn.Linear(width, 5) if count else None
 
     def forward(self, rows):
-        return self.colour(rows), self.kind(rows), self.place(rows)
+        same = None if self.same is None else self.same(rows)
+        return self.colour(rows), self.kind(rows), self.place(rows), same
 
 
 def row_cells(n_rows):
@@ -789,7 +825,7 @@ def row_cells(n_rows):
 
 def cell_targets(scene):
     """Per cell of the 3×3 layout: (colour index, kind index, place of its shape), "none"
-    as the last class of each."""
+    as the last class of each, and the number of shapes of its shape's kind (0 if none)."""
     colour = [len(COLOURS)] * 9
     kind = [len(KINDS)] * 9
     place = [9] * 9
@@ -798,7 +834,11 @@ def cell_targets(scene):
         colour[sh["cell"]] = names.index(sh["colour"])
         kind[sh["cell"]] = KINDS.index(sh["kind"])
         place[sh["cell"]] = sh["cell"]
-    return colour, kind, place
+    kinds = [sh["kind"] for sh in scene["shapes"]]
+    same = [0] * 9
+    for sh in scene["shapes"]:
+        same[sh["cell"]] = kinds.count(sh["kind"])
+    return colour, kind, place, same
 
 
 def model_configs(args):
@@ -837,7 +877,7 @@ def encode_isolated(tok, turns):
 
 
 def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_turns=0,
-               max_len=220):
+               max_len=220, avoid_cells="shapes"):
     """A batch of scenes with several question/answer turns each. A fraction `isolate` of
     the scenes has its turns isolated (see turn_layout); the rest are one conversation. In
     scenes of two or more shapes, up to `position_turns` of the turns ask where a shape is."""
@@ -857,31 +897,39 @@ def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_t
                 rng.shuffle(turns)
             if isolated:
                 ids, labels, segs, offs = encode_isolated(tok, turns)
+                att = [0] * len(ids)
             else:
-                ids, labels = encode_sample(tok, turns)
+                ids, labels, att = encode_turns(tok, turns, [s["cell"] for s in scene["shapes"]]
+                                                if avoid_cells == "shapes" else range(9))
                 segs, offs = [0] * len(ids), list(range(len(ids)))
             if len(ids) <= max_len or n == 1:
                 break
             n -= 1
         img, square = render_for_training(scene, rng)
         pixels.append(preprocess(img))
-        colour, kind, place = cell_targets(scene)
+        colour, kind, place, same = cell_targets(scene)
         ignore = [-100] * 9
         cells.append((colour if square else ignore, kind if square else ignore,
-                      place if square else ignore))
-        seqs.append((ids[:max_len], labels[:max_len], segs[:max_len], offs[:max_len]))
+                      place if square else ignore, same if square else ignore))
+        # The cells mean rows of the 12×12 grid only when the picture fills it.
+        att = att if square else [0] * len(ids)
+        seqs.append(tuple(x[:max_len] for x in (ids, labels, segs, offs, att)))
         types.append([t[0] for t in turns])
     t = max(len(s[0]) for s in seqs)
     ids = torch.full((batch, t), PAD_ID, dtype=torch.long)
     labels = torch.full((batch, t), -100, dtype=torch.long)
     segs = torch.zeros((batch, t), dtype=torch.long)
     offs = torch.arange(t).repeat(batch, 1)
-    for i, (a, b, g, o) in enumerate(seqs):
+    att = torch.zeros((batch, t), dtype=torch.long)
+    for i, (a, b, g, o, c) in enumerate(seqs):
         ids[i, :len(a)] = torch.tensor(a)
         labels[i, :len(b)] = torch.tensor(b)
         segs[i, :len(g)] = torch.tensor(g)
         offs[i, :len(o)] = torch.tensor(o)
-    targets = tuple(torch.tensor([c[i] for c in cells], dtype=torch.long) for i in range(3))
+        att[i, :len(c)] = torch.tensor(c)
+    # colour, kind, place and same-kind count per cell, then the per-token answer cells.
+    targets = tuple(torch.tensor([c[i] for c in cells], dtype=torch.long) for i in range(4))
+    targets += (att,)
     return torch.stack(pixels), ids, labels, types, targets, (segs, offs)
 
 
@@ -906,27 +954,99 @@ def probe_loss(probe, rows, cells, place_of="all"):
     layout does not fill the grid). Its place, with place_of="all", is where the row lies in
     the picture, whatever is there; with "occupied", the place of its cell's shape, and
     "none" for an empty cell — so a row says where it is only where there is something."""
-    colour, kind, place = probe(rows)
+    colour, kind, place, same = probe(rows)
     b, n, _ = rows.shape
     where = row_cells(n)
     place_target = where.repeat(b) if place_of == "all" else cells[2][:, where].flatten()
-    return (F.cross_entropy(colour.flatten(0, 1).float(), cells[0][:, where].flatten(),
+    loss = (F.cross_entropy(colour.flatten(0, 1).float(), cells[0][:, where].flatten(),
                             ignore_index=-100)
             + F.cross_entropy(kind.flatten(0, 1).float(), cells[1][:, where].flatten(),
                               ignore_index=-100)
             + F.cross_entropy(place.flatten(0, 1).float(), place_target, ignore_index=-100))
+    if same is not None:
+        loss = loss + F.cross_entropy(same.flatten(0, 1).float(), cells[3][:, where].flatten(),
+                                      ignore_index=-100)
+    return loss
 
 
-def loss_and_logits(model, prefix_ids, pixels, ids, labels, image_rows=None, turns=None):
-    """turns: the (segs, offs) of make_batch, for batches with isolated turns."""
+def text_attention(tap, n_text, n_prefix, heads):
+    """One tapped layer's attention (see MobileVLM.decoder) from the positions that predict
+    the n_text text tokens to the image rows, for the heads in the slice `heads`:
+    (batch, heads, n_text, IMAGE_TOKENS), in f32."""
+    attn, xn, cos, sin, mask = tap
+    b, t, _ = xn.shape
+    q = attn.q_proj(xn).view(b, t, attn.h, -1).transpose(1, 2).float()[:, heads]
+    k = attn.k_proj(xn).view(b, t, attn.h, -1).transpose(1, 2).float()[:, heads]
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    first = t - n_text - 1  # position p predicts token p + 1
+    scores = q[:, :, first:t - 1] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = (torch.ones((t, t), dtype=torch.bool).tril()[first:t - 1] if mask is None
+               else mask[:, :, first:t - 1])
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return probs[..., n_prefix:n_prefix + IMAGE_TOKENS]
+
+
+def attention_loss(tapped, n_prefix, att_cells, layer, head, avoid=0.0):
+    """Training-only attention supervision (nothing of it is exported), at every position
+    that predicts an answer token read from some cells (make_batch's per-token masks: the
+    answer's cells in bits 0–8, the cells to stay off in bits 9–17):
+
+    - head `head` of layer `layer` should attend to the answer's cells: −log of its
+      attention mass on their image rows;
+    - with `avoid` > 0, every head of every layer should stay off the other cells:
+      `avoid` × −log(1 − its mass there).
+
+    The answers alone teach the language model to find the asked shape only loosely, and
+    to read a place from wherever its heads look: every row carries its own place, so in a
+    scene of several shapes a "where" answer names another shape's place (measured: see
+    the model card). Pointing one head at the shape and keeping the others off the rest of
+    the picture leaves the asked shape's rows as the only place to read."""
+    n_text = att_cells.shape[1]
+    sel = (att_cells & 511) != 0
+    bits = (att_cells[..., None] >> torch.arange(18)) & 1  # (b, n_text, 18)
+    rows = row_cells(IMAGE_TOKENS)
+    target = bits[..., rows].bool()  # (b, n_text, 144)
+    others = bits[..., 9 + rows].bool()
+    loss = 0.0
+    for i, tap in enumerate(tapped):
+        if i != layer and not avoid:
+            continue
+        if not sel.any():
+            return tap[1].sum() * 0.0
+        # All heads when avoiding, else only the supervised one.
+        image = text_attention(tap, n_text, n_prefix,
+                               slice(None) if avoid else slice(head, head + 1))
+        if i == layer:
+            mass = (image[:, head if avoid else 0] * target).sum(-1)[sel]
+            loss = loss - torch.log(mass.clamp_min(1e-6)).mean()
+        if avoid:
+            stray = (image * others[:, None]).sum(-1).transpose(1, 2)[sel]  # (n, heads)
+            loss = loss - avoid * torch.log((1 - stray).clamp_min(1e-6)).mean()
+    return loss
+
+
+def loss_and_logits(model, prefix_ids, pixels, ids, labels, image_rows=None, turns=None,
+                    attend=None):
+    """turns: the (segs, offs) of make_batch, for batches with isolated turns.
+    attend: (layer, head, per-token cell masks, avoid weight) for attention_loss; then
+    returns it too."""
     x = model.embed_batch(prefix_ids, pixels, ids, image_rows)
     n_before = prefix_ids.shape[0] + IMAGE_TOKENS
-    h = model.decoder(x, layout=None if turns is None else turn_layout(n_before, *turns))
+    layout = None if turns is None else turn_layout(n_before, *turns)
+    if attend is None:
+        h = model.decoder(x, layout=layout)
+    else:
+        h, tapped = model.decoder(x, layout=layout, tap=0)
     # Position p predicts token p+1: the hidden state before each text token.
     h_text = h[:, n_before - 1:-1]
     mask = labels != -100
     logits = model.lm_head(h_text[mask])
-    return F.cross_entropy(logits.float(), labels[mask]), logits, mask
+    loss = F.cross_entropy(logits.float(), labels[mask])
+    if attend is None:
+        return loss, logits, mask
+    return loss, logits, mask, attention_loss(tapped, prefix_ids.shape[0], attend[2], attend[0],
+                                              attend[1], attend[3])
 
 
 @torch.no_grad()
@@ -1089,7 +1209,7 @@ def write_eval_set(out, seed, n_images):
             options = [qa for qa in qas if qa[0] == ty and (ty != "shape" or "nothing" not in qa[2])]
             if not options:
                 options = [qa for qa in qas if qa[0] in ("count", "exists")]
-            ty2, q, a = rng.choice(options)
+            ty2, q, a, _ = rng.choice(options)
             item = {"image": name, "type": ty2, "question": q, "answer": a}
             if ty2 == "describe":
                 item["shapes"] = [[s["colour"], s["kind"]] for s in scene["shapes"]]
@@ -1164,8 +1284,20 @@ def main():
     ap.add_argument("--place-probe", choices=["all", "occupied"], default="all",
                     help="what the per-row place loss asks: every row where it lies, or only "
                          "the rows of a shape (see probe_loss)")
+    ap.add_argument("--avoid-cells", choices=["shapes", "all"], default="shapes",
+                    help="what --avoid-weight keeps attention off: the other shapes, or every "
+                         "other cell of the picture")
+    ap.add_argument("--count-probe", action="store_true",
+                    help="the probe also asks each row how many shapes of its kind there are")
     ap.add_argument("--probe-weight", type=float, default=0.5,
                     help="weight of the training-only per-row colour/kind/place loss")
+    ap.add_argument("--attend-weight", type=float, default=0.0,
+                    help="weight of the training-only attention loss (see attention_loss; 0: off)")
+    ap.add_argument("--attend-layer", type=int, default=1)
+    ap.add_argument("--avoid-weight", type=float, default=0.0,
+                    help="with --attend-weight: every head of every layer also pays this times "
+                         "−log(1 − attention on the other shapes or cells; see --avoid-cells)")
+    ap.add_argument("--attend-head", type=int, default=0)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                     help="compute precision of the forward pass (bf16: autocast with fp32 "
                          "master weights, about twice as fast on CPUs with AVX-512 BF16 or AMX)")
@@ -1205,7 +1337,7 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
 
-    probe = CellProbe(cfg["hidden_size"], 9 if args.place_probe == "all" else 10)
+    probe = CellProbe(cfg["hidden_size"], 9 if args.place_probe == "all" else 10, args.count_probe)
     params = list(model.named_parameters()) + [("probe." + n, p) for n, p in probe.named_parameters()]
     decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
@@ -1231,15 +1363,22 @@ def main():
         max_shapes = 4 if args.init else 2 if frac < 0.1 else 3 if frac < 0.2 else 4
         pixels, ids, labels, _, cells, turns = make_batch(tok, rng, args.batch, tuple(args.turns),
                                                           max_shapes, args.isolate,
-                                                          args.position_turns)
+                                                          args.position_turns,
+                                                          avoid_cells=args.avoid_cells)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             rows = model.image_embeds(pixels)
-            answer_loss, _, _ = loss_and_logits(model, prefix_ids, pixels, ids, labels, rows,
-                                                turns if args.isolate > 0 else None)
+            attend = ((args.attend_layer, args.attend_head, cells[4], args.avoid_weight)
+                      if args.attend_weight > 0 else None)
+            out = loss_and_logits(model, prefix_ids, pixels, ids, labels, rows,
+                                  turns if args.isolate > 0 else None, attend)
+            answer_loss = out[0]
             aux = probe_loss(probe, rows, cells, args.place_probe)
             loss = answer_loss + args.probe_weight * aux
+            if attend is not None:
+                att_loss = out[3]
+                loss = loss + args.attend_weight * att_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
@@ -1247,7 +1386,9 @@ def main():
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 25 == 0 or step == args.steps - 1:
             el = time.time() - t_train
-            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  probe {aux.item():.3f}  "
+            att_txt = f"attend {att_loss.item():.3f}  " if args.attend_weight > 0 else ""
+            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  "
+                  f"probe {aux.item():.3f}  {att_txt}"
                   f"lr {lr_at(step):.2e}  "
                   f"{el / 60:5.1f} min", flush=True)
             log["steps"].append({"step": step, "loss": round(loss.item(), 5), "minutes": round(el / 60, 2)})
@@ -1269,7 +1410,10 @@ def main():
     meta = {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "init": args.init and os.path.basename(os.path.normpath(args.init)), "turns": list(args.turns),
             "isolate": args.isolate, "position_turns": args.position_turns,
-            "place_probe": args.place_probe,
+            "place_probe": args.place_probe, "attend_weight": args.attend_weight,
+            "attend_layer": args.attend_layer, "attend_head": args.attend_head,
+            "avoid_weight": args.avoid_weight, "avoid_cells": args.avoid_cells,
+            "count_probe": args.count_probe,
             "threads": args.threads, "precision": args.precision, "parameters": n_params, "train_minutes": round(train_min, 1),
             "total_minutes": round(total_min, 1), "torch": torch.__version__, **log}
     export(model, tok, cfg, vcfg, args.out, meta)

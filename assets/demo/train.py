@@ -771,19 +771,19 @@ class MobileVLM(nn.Module):
     def image_embeds(self, pixels):
         return self.model.mm_projector(self.model.vision_tower(pixels))
 
-    def decoder(self, x, t0=0, caches=None, layout=None, tap=None):
+    def decoder(self, x, t0=0, caches=None, layout=None, tap=False):
         """layout: optional (positions, attention mask) of isolated turns (turn_layout).
-        tap: a layer index; then also returns the attention input, RoPE and mask of that
-        layer and every later one (for attention_loss)."""
+        tap: also return every layer's attention module, attention input, RoPE and mask
+        (for attention_loss)."""
         cos, sin = self.rope(t0, x.shape[1]) if layout is None else self.rope_at(layout[0])
         mask = None if layout is None else layout[1]
         tapped = []
         for i, layer in enumerate(self.model.layers):
-            if tap is not None and i >= tap:
+            if tap:
                 tapped.append((layer.self_attn, layer.input_layernorm(x), cos, sin, mask))
             x = layer(x, cos, sin, None if caches is None else caches[i], mask)
         h = self.model.norm(x)
-        return h if tap is None else (h, tapped)
+        return (h, tapped) if tap else h
 
     def embed_batch(self, prefix_ids, pixels, ids, image_rows=None):
         """[prefix text][image rows][text after the image] for a batch (same prefix)."""
@@ -897,7 +897,7 @@ def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_t
                 rng.shuffle(turns)
             if isolated:
                 ids, labels, segs, offs = encode_isolated(tok, turns)
-                att = [0] * len(ids)
+                att = [0] * len(ids)  # isolated turns are not attention-supervised
             else:
                 ids, labels, att = encode_turns(tok, turns, [s["cell"] for s in scene["shapes"]]
                                                 if avoid_cells == "shapes" else range(9))
@@ -1008,12 +1008,12 @@ def attention_loss(tapped, n_prefix, att_cells, layer, head, avoid=0.0):
     rows = row_cells(IMAGE_TOKENS)
     target = bits[..., rows].bool()  # (b, n_text, 144)
     others = bits[..., 9 + rows].bool()
+    if not sel.any():
+        return tapped[0][1].sum() * 0.0
     loss = 0.0
     for i, tap in enumerate(tapped):
         if i != layer and not avoid:
             continue
-        if not sel.any():
-            return tap[1].sum() * 0.0
         # All heads when avoiding, else only the supervised one.
         image = text_attention(tap, n_text, n_prefix,
                                slice(None) if avoid else slice(head, head + 1))
@@ -1037,7 +1037,7 @@ def loss_and_logits(model, prefix_ids, pixels, ids, labels, image_rows=None, tur
     if attend is None:
         h = model.decoder(x, layout=layout)
     else:
-        h, tapped = model.decoder(x, layout=layout, tap=0)
+        h, tapped = model.decoder(x, layout=layout, tap=True)
     # Position p predicts token p+1: the hidden state before each text token.
     h_text = h[:, n_before - 1:-1]
     mask = labels != -100
@@ -1294,10 +1294,10 @@ def main():
     ap.add_argument("--attend-weight", type=float, default=0.0,
                     help="weight of the training-only attention loss (see attention_loss; 0: off)")
     ap.add_argument("--attend-layer", type=int, default=1)
+    ap.add_argument("--attend-head", type=int, default=0)
     ap.add_argument("--avoid-weight", type=float, default=0.0,
                     help="with --attend-weight: every head of every layer also pays this times "
                          "−log(1 − attention on the other shapes or cells; see --avoid-cells)")
-    ap.add_argument("--attend-head", type=int, default=0)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                     help="compute precision of the forward pass (bf16: autocast with fp32 "
                          "master weights, about twice as fast on CPUs with AVX-512 BF16 or AMX)")
@@ -1308,6 +1308,8 @@ def main():
     ap.add_argument("--eval-images", type=int, default=100)
     ap.add_argument("--samples", metavar="DIR", help="write the sample scenes and exit")
     args = ap.parse_args()
+    if args.avoid_weight > 0 and args.attend_weight <= 0:
+        ap.error("--avoid-weight needs --attend-weight (the attention loss it is part of)")
 
     if args.eval_set:
         write_eval_set(args.eval_set, args.eval_seed, args.eval_images)

@@ -539,6 +539,7 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
+        self.keep, self.kept = False, None
 
     def forward(self, x, cos, sin, cache=None, mask=None):
         b, t, d = x.shape
@@ -546,6 +547,8 @@ class LlamaAttention(nn.Module):
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if self.keep:  # for attention_loss (see MobileVLM.decoder)
+            self.kept = (q, k)
         if cache is not None:
             if "k" in cache:
                 k = torch.cat([cache["k"], k], 2)
@@ -773,15 +776,17 @@ class MobileVLM(nn.Module):
 
     def decoder(self, x, t0=0, caches=None, layout=None, tap=False):
         """layout: optional (positions, attention mask) of isolated turns (turn_layout).
-        tap: also return every layer's attention module, attention input, RoPE and mask
+        tap: also return every layer's attention queries and keys (after RoPE) and its mask
         (for attention_loss)."""
         cos, sin = self.rope(t0, x.shape[1]) if layout is None else self.rope_at(layout[0])
         mask = None if layout is None else layout[1]
         tapped = []
         for i, layer in enumerate(self.model.layers):
-            if tap:
-                tapped.append((layer.self_attn, layer.input_layernorm(x), cos, sin, mask))
+            layer.self_attn.keep = tap
             x = layer(x, cos, sin, None if caches is None else caches[i], mask)
+            if tap:
+                tapped.append((*layer.self_attn.kept, mask))
+                layer.self_attn.keep, layer.self_attn.kept = False, None
         h = self.model.norm(x)
         return (h, tapped) if tap else h
 
@@ -854,7 +859,7 @@ def model_configs(args):
         "vocab_size": args.vocab, "hidden_size": args.width,
         "intermediate_size": args.ffn, "num_hidden_layers": args.layers,
         "num_attention_heads": args.width // 64, "num_key_value_heads": args.width // 64,
-        "head_dim": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "head_dim": 64, "rms_norm_eps": 1e-6, "rope_theta": args.rope_theta,
         "max_position_embeddings": 2048, "mm_vision_select_layer": -1,
     }
     return cfg, vcfg
@@ -876,11 +881,19 @@ def encode_isolated(tok, turns):
     return ids, labels, segs, offs
 
 
+def colour_bound(qa):
+    """Whether a question names its shape by colour alone ("What is the red shape?") or by
+    colour and a kind the scene repeats ("Where is the brown star?")."""
+    words = set(qa[1].lower().replace("?", " ").split())
+    return qa[0] in ("shape", "position") and any(c in words for c in COLOURS)
+
+
 def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_turns=0,
-               max_len=220, avoid_cells="shapes"):
+               max_len=220, avoid_cells="shapes", colour_turns=0):
     """A batch of scenes with several question/answer turns each. A fraction `isolate` of
     the scenes has its turns isolated (see turn_layout); the rest are one conversation. In
-    scenes of two or more shapes, up to `position_turns` of the turns ask where a shape is."""
+    scenes of two or more shapes, up to `position_turns` of the turns ask where a shape is,
+    and up to `colour_turns` more ask about a shape named by its colour (colour_bound)."""
     pixels, seqs, types, cells = [], [], [], []
     for _ in range(batch):
         scene = sample_scene(rng, max_shapes=max_shapes)
@@ -889,11 +902,18 @@ def make_batch(tok, rng, batch, turns_range, max_shapes, isolate=0.0, position_t
         isolated = isolate > 0 and rng.random() < isolate
         where = [qa for qa in qas if qa[0] == "position"] if len(scene["shapes"]) > 1 else []
         rest = [qa for qa in qas if qa not in where] if position_turns else qas
+        bound = ([qa for qa in rest if colour_bound(qa)]
+                 if colour_turns and len(scene["shapes"]) > 1 else [])
+        rest = [qa for qa in rest if qa not in bound] if colour_turns else rest
         while True:
             k = min(position_turns, len(where), n)
-            turns = pick_turns(list(rest), rng, n - k)
+            k2 = min(colour_turns, len(bound), n - k)
+            turns = pick_turns(list(rest), rng, n - k - k2)
             if position_turns:  # guarded so the default draws what earlier runs drew
                 turns += rng.sample(where, k)
+                rng.shuffle(turns)
+            if colour_turns:
+                turns += rng.sample(bound, k2)
                 rng.shuffle(turns)
             if isolated:
                 ids, labels, segs, offs = encode_isolated(tok, turns)
@@ -973,12 +993,9 @@ def text_attention(tap, n_text, n_prefix, heads):
     """One tapped layer's attention (see MobileVLM.decoder) from the positions that predict
     the n_text text tokens to the image rows, for the heads in the slice `heads`:
     (batch, heads, n_text, IMAGE_TOKENS), in f32."""
-    attn, xn, cos, sin, mask = tap
-    b, t, _ = xn.shape
-    q = attn.q_proj(xn).view(b, t, attn.h, -1).transpose(1, 2).float()[:, heads]
-    k = attn.k_proj(xn).view(b, t, attn.h, -1).transpose(1, 2).float()[:, heads]
-    q = q * cos + rotate_half(q) * sin
-    k = k * cos + rotate_half(k) * sin
+    q, k, mask = tap
+    t = q.shape[2]
+    q, k = q.float()[:, heads], k.float()[:, heads]
     first = t - n_text - 1  # position p predicts token p + 1
     scores = q[:, :, first:t - 1] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     allowed = (torch.ones((t, t), dtype=torch.bool).tril()[first:t - 1] if mask is None
@@ -987,13 +1004,13 @@ def text_attention(tap, n_text, n_prefix, heads):
     return probs[..., n_prefix:n_prefix + IMAGE_TOKENS]
 
 
-def attention_loss(tapped, n_prefix, att_cells, layer, head, avoid=0.0):
+def attention_loss(tapped, n_prefix, att_cells, layer, heads, avoid=0.0):
     """Training-only attention supervision (nothing of it is exported), at every position
     that predicts an answer token read from some cells (make_batch's per-token masks: the
     answer's cells in bits 0–8, the cells to stay off in bits 9–17):
 
-    - head `head` of layer `layer` should attend to the answer's cells: −log of its
-      attention mass on their image rows;
+    - each head in `heads` of layer `layer` should attend to the answer's cells: −log of
+      its attention mass on their image rows (averaged over those heads);
     - with `avoid` > 0, every head of every layer should stay off the other cells:
       `avoid` × −log(1 − its mass there).
 
@@ -1009,17 +1026,19 @@ def attention_loss(tapped, n_prefix, att_cells, layer, head, avoid=0.0):
     target = bits[..., rows].bool()  # (b, n_text, 144)
     others = bits[..., 9 + rows].bool()
     if not sel.any():
-        return tapped[0][1].sum() * 0.0
+        return tapped[0][0].sum() * 0.0
     loss = 0.0
     for i, tap in enumerate(tapped):
         if i != layer and not avoid:
             continue
-        # All heads when avoiding, else only the supervised one.
+        # All heads when avoiding, else only the supervised ones.
+        one = len(heads) == 1 and not avoid
         image = text_attention(tap, n_text, n_prefix,
-                               slice(None) if avoid else slice(head, head + 1))
+                               slice(heads[0], heads[0] + 1) if one else slice(None))
         if i == layer:
-            mass = (image[:, head if avoid else 0] * target).sum(-1)[sel]
-            loss = loss - torch.log(mass.clamp_min(1e-6)).mean()
+            for h in heads:
+                mass = (image[:, 0 if one else h] * target).sum(-1)[sel]
+                loss = loss - torch.log(mass.clamp_min(1e-6)).mean() / len(heads)
         if avoid:
             stray = (image * others[:, None]).sum(-1).transpose(1, 2)[sel]  # (n, heads)
             loss = loss - avoid * torch.log((1 - stray).clamp_min(1e-6)).mean()
@@ -1168,7 +1187,7 @@ def check_against_transformers(model, cfg, vcfg):
                        num_key_value_heads=cfg["num_key_value_heads"],
                        rms_norm_eps=cfg["rms_norm_eps"],
                        max_position_embeddings=cfg["max_position_embeddings"],
-                       tie_word_embeddings=False)
+                       rope_theta=cfg["rope_theta"], tie_word_embeddings=False)
     lm = LlamaForCausalLM(lcfg).eval()
     lm.load_state_dict({k: v for k, v in state.items()
                         if not k.startswith(("model.vision_tower", "model.mm_projector"))},
@@ -1261,7 +1280,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=here, help="where the checkpoint goes (default: this folder)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=4800)
+    ap.add_argument("--steps", type=int, default=3150)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--width", type=int, default=256)
@@ -1270,6 +1289,10 @@ def main():
     ap.add_argument("--vit-width", type=int, default=192)
     ap.add_argument("--vit-layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--rope-theta", type=float, default=1e6,
+                    help="the language model's RoPE base (LLaMA's is 10000): a larger base "
+                         "leaves more of each head's dimensions for matching by content at any "
+                         "distance, as finding a shape among the image rows needs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--init", metavar="DIR",
@@ -1279,25 +1302,30 @@ def main():
     ap.add_argument("--isolate", type=float, default=0.0,
                     help="fraction of training scenes whose turns are isolated: each sees only "
                          "the image, not the answers before it (see turn_layout)")
+    ap.add_argument("--colour-turns", type=int, default=1,
+                    help="in scenes of two or more shapes, N turns ask about a shape named by "
+                         "its colour (see colour_bound)")
     ap.add_argument("--position-turns", type=int, default=0,
                     help="in scenes of two or more shapes, how many turns ask where a shape is")
     ap.add_argument("--place-probe", choices=["all", "occupied"], default="all",
                     help="what the per-row place loss asks: every row where it lies, or only "
                          "the rows of a shape (see probe_loss)")
-    ap.add_argument("--avoid-cells", choices=["shapes", "all"], default="shapes",
+    ap.add_argument("--avoid-cells", choices=["shapes", "all"], default="all",
                     help="what --avoid-weight keeps attention off: the other shapes, or every "
                          "other cell of the picture")
-    ap.add_argument("--count-probe", action="store_true",
+    ap.add_argument("--count-probe", action=argparse.BooleanOptionalAction, default=True,
                     help="the probe also asks each row how many shapes of its kind there are")
     ap.add_argument("--probe-weight", type=float, default=0.5,
                     help="weight of the training-only per-row colour/kind/place loss")
-    ap.add_argument("--attend-weight", type=float, default=0.0,
+    ap.add_argument("--attend-weight", type=float, default=0.5,
                     help="weight of the training-only attention loss (see attention_loss; 0: off)")
     ap.add_argument("--attend-layer", type=int, default=1)
-    ap.add_argument("--attend-head", type=int, default=0)
-    ap.add_argument("--avoid-weight", type=float, default=0.0,
-                    help="with --attend-weight: every head of every layer also pays this times "
-                         "−log(1 − attention on the other shapes or cells; see --avoid-cells)")
+    ap.add_argument("--attend-head", type=int, nargs="+", default=[0],
+                    help="the head(s) of --attend-layer that --attend-weight supervises")
+    ap.add_argument("--avoid-weight", type=float, default=1.0,
+                    help="part of the attention loss (off with it): every head of every layer "
+                         "also pays this times −log(1 − attention on the other shapes or cells; "
+                         "see --avoid-cells)")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                     help="compute precision of the forward pass (bf16: autocast with fp32 "
                          "master weights, about twice as fast on CPUs with AVX-512 BF16 or AMX)")
@@ -1308,9 +1336,6 @@ def main():
     ap.add_argument("--eval-images", type=int, default=100)
     ap.add_argument("--samples", metavar="DIR", help="write the sample scenes and exit")
     args = ap.parse_args()
-    if args.avoid_weight > 0 and args.attend_weight <= 0:
-        ap.error("--avoid-weight needs --attend-weight (the attention loss it is part of)")
-
     if args.eval_set:
         write_eval_set(args.eval_set, args.eval_seed, args.eval_images)
         return
@@ -1366,6 +1391,7 @@ def main():
         pixels, ids, labels, _, cells, turns = make_batch(tok, rng, args.batch, tuple(args.turns),
                                                           max_shapes, args.isolate,
                                                           args.position_turns,
+                                                          colour_turns=args.colour_turns,
                                                           avoid_cells=args.avoid_cells)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -1412,10 +1438,11 @@ def main():
     meta = {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "init": args.init and os.path.basename(os.path.normpath(args.init)), "turns": list(args.turns),
             "isolate": args.isolate, "position_turns": args.position_turns,
+            "colour_turns": args.colour_turns,
             "place_probe": args.place_probe, "attend_weight": args.attend_weight,
             "attend_layer": args.attend_layer, "attend_head": args.attend_head,
             "avoid_weight": args.avoid_weight, "avoid_cells": args.avoid_cells,
-            "count_probe": args.count_probe,
+            "count_probe": args.count_probe, "rope_theta": args.rope_theta,
             "threads": args.threads, "precision": args.precision, "parameters": n_params, "train_minutes": round(train_min, 1),
             "total_minutes": round(total_min, 1), "torch": torch.__version__, **log}
     export(model, tok, cfg, vcfg, args.out, meta)

@@ -989,13 +989,13 @@ def probe_loss(probe, rows, cells, place_of="all"):
     return loss
 
 
-def text_attention(tap, n_text, n_prefix, heads):
+def text_attention(tap, n_text, n_prefix):
     """One tapped layer's attention (see MobileVLM.decoder) from the positions that predict
-    the n_text text tokens to the image rows, for the heads in the slice `heads`:
-    (batch, heads, n_text, IMAGE_TOKENS), in f32."""
+    the n_text text tokens to the image rows, every head: (batch, heads, n_text,
+    IMAGE_TOKENS), in f32."""
     q, k, mask = tap
     t = q.shape[2]
-    q, k = q.float()[:, heads], k.float()[:, heads]
+    q, k = q.float(), k.float()
     first = t - n_text - 1  # position p predicts token p + 1
     scores = q[:, :, first:t - 1] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     allowed = (torch.ones((t, t), dtype=torch.bool).tril()[first:t - 1] if mask is None
@@ -1004,13 +1004,13 @@ def text_attention(tap, n_text, n_prefix, heads):
     return probs[..., n_prefix:n_prefix + IMAGE_TOKENS]
 
 
-def attention_loss(tapped, n_prefix, att_cells, layer, heads, avoid=0.0):
+def attention_loss(tapped, n_prefix, att_cells, layer, head, avoid=0.0):
     """Training-only attention supervision (nothing of it is exported), at every position
     that predicts an answer token read from some cells (make_batch's per-token masks: the
     answer's cells in bits 0–8, the cells to stay off in bits 9–17):
 
-    - each head in `heads` of layer `layer` should attend to the answer's cells: −log of
-      its attention mass on their image rows (averaged over those heads);
+    - head `head` of layer `layer` should attend to the answer's cells: −log of its
+      attention mass on their image rows;
     - with `avoid` > 0, every head of every layer should stay off the other cells:
       `avoid` × −log(1 − its mass there).
 
@@ -1031,14 +1031,10 @@ def attention_loss(tapped, n_prefix, att_cells, layer, heads, avoid=0.0):
     for i, tap in enumerate(tapped):
         if i != layer and not avoid:
             continue
-        # All heads when avoiding, else only the supervised ones.
-        one = len(heads) == 1 and not avoid
-        image = text_attention(tap, n_text, n_prefix,
-                               slice(heads[0], heads[0] + 1) if one else slice(None))
+        image = text_attention(tap, n_text, n_prefix)
         if i == layer:
-            for h in heads:
-                mass = (image[:, 0 if one else h] * target).sum(-1)[sel]
-                loss = loss - torch.log(mass.clamp_min(1e-6)).mean() / len(heads)
+            mass = (image[:, head] * target).sum(-1)[sel]
+            loss = loss - torch.log(mass.clamp_min(1e-6)).mean()
         if avoid:
             stray = (image * others[:, None]).sum(-1).transpose(1, 2)[sel]  # (n, heads)
             loss = loss - avoid * torch.log((1 - stray).clamp_min(1e-6)).mean()
@@ -1320,8 +1316,7 @@ def main():
     ap.add_argument("--attend-weight", type=float, default=0.5,
                     help="weight of the training-only attention loss (see attention_loss; 0: off)")
     ap.add_argument("--attend-layer", type=int, default=1)
-    ap.add_argument("--attend-head", type=int, nargs="+", default=[0],
-                    help="the head(s) of --attend-layer that --attend-weight supervises")
+    ap.add_argument("--attend-head", type=int, default=0)
     ap.add_argument("--avoid-weight", type=float, default=1.0,
                     help="part of the attention loss (off with it): every head of every layer "
                          "also pays this times −log(1 − attention on the other shapes or cells; "
@@ -1336,6 +1331,9 @@ def main():
     ap.add_argument("--eval-images", type=int, default=100)
     ap.add_argument("--samples", metavar="DIR", help="write the sample scenes and exit")
     args = ap.parse_args()
+    if args.init:  # a continuation keeps its checkpoint's RoPE base
+        with open(os.path.join(args.init, "config.json")) as f:
+            args.rope_theta = json.load(f).get("rope_theta", 10000.0)
     if args.eval_set:
         write_eval_set(args.eval_set, args.eval_seed, args.eval_images)
         return

@@ -3,7 +3,7 @@
 //! memory bandwidth (`pocketvlm bench` measures it).
 //!
 //! `cargo bench -p pocketvlm-engine --bench kernels`; `POCKETVLM_ISA=avx2` (etc.) picks a
-//! lower kernel flavour, `POCKETVLM_ACT=int8` ggml's int8 activations.
+//! lower kernel flavour, `POCKETVLM_ACT=int16` int16 activations (see `ActPrecision`).
 
 use divan::Bencher;
 use divan::counter::BytesCount;

@@ -1,11 +1,11 @@
-//! The real SmolLM2-135M Q4_1 GGUF on the CPU kernels (integer dot products over quantised
-//! activations, int16 by default): greedy continuations and per-position top-1 predictions
-//! against transformers (f32 weights dequantised from the same file). Needs the model
-//! (tests/run.sh fetches it).
+//! The real SmolLM2-135M Q4_1 GGUF on the CPU kernels (by default integer dot products over
+//! int8 activations for decode, bf16 prefill): greedy continuations and per-position top-1
+//! predictions against transformers (f32 weights dequantised from the same file). Needs the
+//! model (tests/run.sh fetches it).
 //!
-//! int8 activations (ggml's Q8_0/Q8_1) are not enough here: the first answer token of
-//! "What is the capital of France?" wins by 0.036 logits, and int8 rounding of the K/V
-//! projections' inputs flips it.
+//! int8 activations in *prefill* (ggml's numerics, `POCKETVLM_ACT=int8`) are not enough
+//! here: the first answer token of "What is the capital of France?" wins by 0.036 logits,
+//! and int8 rounding of the K/V projections' inputs flips it.
 
 use std::path::PathBuf;
 

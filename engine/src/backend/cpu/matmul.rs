@@ -1,9 +1,9 @@
 //! `out = x · wᵀ + bias` for weights in their stored format, on the thread pool.
 //!
 //! - Quantised weights (Q4_0, Q4_1, Q8_0), few activation rows (decode): the rows are
-//!   quantised once per call (by the calling thread) to int16 per 32-block (default: as
-//!   accurate as f32 activations on real models) or int8 as ggml does (`POCKETVLM_ACT=int8`),
-//!   and the SIMD integer kernels dot them with the weight blocks as stored — every weight
+//!   quantised once per call (by the calling thread) to int8 per 32-block as ggml does
+//!   (default) or int16 (`POCKETVLM_ACT=int16`: within float rounding of f32 activations;
+//!   see [`ActPrecision`]), and the SIMD integer kernels dot them with the weight blocks as stored — every weight
 //!   byte is read once per call. For one row (decode) the x86 kernels reduce 16 (8) blocks'
 //!   integer dots together before scaling them (see `simd::x86`); on AVX-512 the row is
 //!   also handed over in pair order (`simd::pair_blocks16`), or, for Q4 weights with
@@ -121,34 +121,55 @@ pub fn uses_int8(w: &HostTensor) -> bool {
     w.dtype.is_quantized() && k.is_multiple_of(QK)
 }
 
-/// How activations are quantised for the integer kernels.
+/// How activations are quantised for the integer kernels, and how prefill multiplies.
+///
+/// | mode | decode (fewer than [`DEQUANT_MIN_ROWS`] rows) | prefill of quantised weights |
+/// |---|---|---|
+/// | `Mixed` (default) | int8 per 32-block | bf16 (f32 without a bf16 dot product) |
+/// | `Int8` (ggml's numerics) | int8 per 32-block | int8 (VNNI GEMM where there is one) |
+/// | `Int16` (accurate) | int16 per 32-block | f32, exact |
+/// | `F32` (reference) | f32 | f32, exact |
+///
+/// Decode streams every weight byte once per token, so its integer dots are as cheap as the
+/// activations are narrow: int8 reads half the activation bytes of int16 and, for Q4
+/// weights, multiplies each weight byte once instead of twice. Prefill is where a model's
+/// answers are decided for the whole reply, and int8 there flips SmolLM2's greedy answers;
+/// int8 only in decode keeps them (see `Mixed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActPrecision {
+    /// The default: int8 activations for decode as ggml quantises them (Q8_0/Q8_1 blocks),
+    /// prefill in bf16 (weights and activations rounded to bf16, f32 accumulation) on CPUs
+    /// with a bf16 dot product (AVX-512 BF16), twice the multiplies per instruction of f32 —
+    /// elsewhere exact f32. Measured on SmolLM2-135M Q4_1 against transformers: greedy
+    /// continuations identical for 12/32/21 tokens on the test prompts (12/16/16 needed;
+    /// `Int16`: 12/32/32), and bf16 prefill 99% teacher-forced top-1 agreement with f32
+    /// weights (int8 prefill: 96%).
+    Mixed,
     /// int8 per 32-block, as ggml (Q8_0/Q8_1), for decode and prefill alike: the fastest
-    /// integer dot products, but not accurate enough to keep every real model's answers.
+    /// integer dot products, but int8 prefill is not accurate enough to keep every real
+    /// model's answers.
     Int8,
     /// int16 per 32-block (~256× finer, within float rounding of f32 activations) for
     /// decode; prefill dequantises weight panels to f32 (exact).
     Int16,
-    /// The default: int16 for decode; prefill in bf16 (weights and activations rounded to
-    /// bf16, f32 accumulation) on CPUs with a bf16 dot product (AVX-512 BF16), twice the
-    /// multiplies per instruction of f32 — elsewhere exact f32 as with `Int16`. Measured on
-    /// SmolLM2-135M Q4_1: 99% teacher-forced top-1 agreement with f32 weights (int8
-    /// activations: 96%).
-    Bf16,
     /// f32 activations against weight rows dequantised to f32 (the slow reference).
     F32,
 }
 
 impl ActPrecision {
-    /// The default ([`ActPrecision::Bf16`]), or `POCKETVLM_ACT=int8|int16|bf16|f32`.
+    /// The default ([`ActPrecision::Mixed`]), or `POCKETVLM_ACT=mixed|int8|int16|f32`.
     pub fn from_env() -> Self {
         match std::env::var("POCKETVLM_ACT").as_deref() {
             Ok("int8") => ActPrecision::Int8,
             Ok("int16") => ActPrecision::Int16,
             Ok("f32") => ActPrecision::F32,
-            _ => ActPrecision::Bf16,
+            _ => ActPrecision::Mixed,
         }
+    }
+
+    /// Whether the integer kernels take int8 activation rows (else int16).
+    fn int8_rows(self) -> bool {
+        matches!(self, ActPrecision::Mixed | ActPrecision::Int8)
     }
 }
 
@@ -165,7 +186,7 @@ pub struct Proj<'a> {
 fn takes_integer_path(prec: ActPrecision, t_rows: usize, w: &HostTensor) -> bool {
     let integer = match prec {
         ActPrecision::Int8 => true,
-        ActPrecision::Int16 | ActPrecision::Bf16 => t_rows < DEQUANT_MIN_ROWS,
+        ActPrecision::Int16 | ActPrecision::Mixed => t_rows < DEQUANT_MIN_ROWS,
         ActPrecision::F32 => false,
     };
     uses_int8(w) && integer
@@ -258,7 +279,7 @@ fn integer_rows<'a>(
         return;
     };
     let (t_rows, nb) = (x.len() / k, k / QK);
-    let wide = prec != ActPrecision::Int8;
+    let wide = !prec.int8_rows();
     quantize_acts(isa, buf, x, k, wide);
     let one = wide && t_rows == 1;
     let split = t_rows == 1
@@ -463,7 +484,7 @@ pub fn matmul(
         return;
     }
 
-    if uses_int8(w) && prec == ActPrecision::Bf16 && simd::has_bf16_gemm(isa) {
+    if uses_int8(w) && prec == ActPrecision::Mixed && simd::has_bf16_gemm(isa) {
         // Prefill on a CPU with a bf16 dot product: activations converted and packed once,
         // each panel of weight rows dequantised and packed once (see `simd::bf16_gemm`).
         let mut guard = acts.lock().unwrap_or_else(|e| e.into_inner());
@@ -608,7 +629,7 @@ mod tests {
         let mut out = vec![0.0; x.len()];
         for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
             for (xb, ob) in xr.chunks_exact(QK).zip(or.chunks_exact_mut(QK)) {
-                if prec == ActPrecision::Int8 {
+                if prec.int8_rows() {
                     let mut q = [0i8; QK];
                     let (d, _) = simd::generic::quantize_block(xb, &mut q);
                     for (o, &v) in ob.iter_mut().zip(&q) {
@@ -632,7 +653,7 @@ mod tests {
             [
                 (i, ActPrecision::Int8),
                 (i, ActPrecision::Int16),
-                (i, ActPrecision::Bf16),
+                (i, ActPrecision::Mixed),
             ]
         }) {
             for threads in [1, 3] {
@@ -693,7 +714,7 @@ mod tests {
                         // against both operands rounded to bf16.
                         let bf = uses_int8(&w)
                             && !integer
-                            && prec == ActPrecision::Bf16
+                            && prec == ActPrecision::Mixed
                             && simd::has_bf16_gemm(isa);
                         let xr = if uses_int8(&w) && integer {
                             requantised(&x, k, prec)
@@ -734,7 +755,7 @@ mod tests {
     #[test]
     fn matmul_many_equals_one_matmul_each() {
         for isa in Isa::available() {
-            for prec in [ActPrecision::Int8, ActPrecision::Bf16] {
+            for prec in [ActPrecision::Int8, ActPrecision::Int16, ActPrecision::Mixed] {
                 for threads in [1, 2, 3] {
                     let pool = ThreadPool::new(threads).unwrap();
                     let acts = Mutex::new(ActBuf::default());
@@ -812,7 +833,7 @@ mod tests {
             matmul(
                 &pool,
                 isa,
-                ActPrecision::Bf16,
+                ActPrecision::Mixed,
                 &acts,
                 &x,
                 &w,
@@ -840,6 +861,7 @@ mod tests {
             .flat_map(|d| {
                 [
                     (d, ActPrecision::Int8, 0.02),
+                    (d, ActPrecision::Mixed, 0.02),
                     (d, ActPrecision::Int16, 1e-4),
                 ]
             })

@@ -820,7 +820,7 @@ pub unsafe fn fgemm_avx2(w: &[f32], rows: usize, x: &[f32], k: usize, out: OutPt
 }
 
 // ---------------------------------------------------------------------------------------
-// int16 activations (the accurate default): quantisation and GEMMs.
+// int16 activations (the accurate mode, `POCKETVLM_ACT=int16`): quantisation and GEMMs.
 
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; slices as in [`super::quantize_rows16`].

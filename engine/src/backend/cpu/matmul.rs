@@ -21,14 +21,16 @@
 //!   once (in its scratch arena; F32 rows are used in place) and multiplies it with every
 //!   activation row in register tiles.
 //!
-//! Work items are panels of consecutive output features, claimed from an atomic counter
-//! (cheap, and balanced when a core is busy elsewhere). A decode step's panels are small so
-//! both cores stream; a prefill's are 16–32 rows so the panel stays in L1/L2 while every
-//! activation row passes over it.
+//! Work items are panels of consecutive output features, claimed in shares
+//! ([`Ctx::next_of`]): each core walks its own contiguous share of the rows in order, one
+//! long stream the hardware prefetcher follows, then helps with what is left of the
+//! others' (balanced when a core is busy elsewhere). A decode step's panels are ~32 KiB of
+//! weights; a prefill's are 16–32 rows so the panel stays in L1/L2 while every activation
+//! row passes over it.
 
 use std::sync::Mutex;
 
-use super::pool::ThreadPool;
+use super::pool::{Ctx, ThreadPool};
 use super::simd::{self, Isa, OutPtr, Q8Acts, TILE_R};
 use crate::quant::QK;
 use crate::tensor::{DType, HostTensor, convert_to_f32};
@@ -49,10 +51,8 @@ pub struct ActBuf {
     bf: Vec<u16>,
     /// Per-block integer start values of the int8 prefill GEMM (`simd::i8_gemm_offsets`).
     init: Vec<i32>,
-    /// The integer kernels' work items, (projection, first row) (see [`integer_rows`]), and
-    /// one projection's [`guided_panels`].
+    /// The integer kernels' work items, (projection, first row) (see [`integer_rows`]).
     items: Vec<(usize, usize)>,
-    bounds: Vec<usize>,
 }
 
 /// Activation rows from which quantised weights are dequantised to f32 panels.
@@ -61,54 +61,34 @@ pub const DEQUANT_MIN_ROWS: usize = 8;
 /// Weight rows per work item of the int8 prefill GEMM (two of its 16-row groups).
 const I8_PANEL_ROWS: usize = 32;
 
-/// Output features per work item.
-fn panel_rows(n_out: usize, t_rows: usize, threads: usize, quantised: bool) -> usize {
+/// Weights per work item of a decode step (one or two activation rows): ~1 µs of one
+/// core's stream. Items are claimed in shares ([`Ctx::next_of`]), so a core's items follow
+/// each other in memory and their size only sets how finely the last ones are shared out.
+const STREAM_ITEM_BYTES: usize = 32 << 10;
+
+/// Output features per work item, for weight rows of `row_bytes`.
+fn panel_rows(t_rows: usize, row_bytes: usize, quantised: bool) -> usize {
     let rows = if t_rows <= 2 {
-        // Decode: enough items to balance two busy cores, few enough to keep the atomic cold.
-        (n_out / (threads * 8)).clamp(8, 128)
+        STREAM_ITEM_BYTES / row_bytes.max(1)
     } else if quantised {
         16
     } else {
         32
     };
-    rows.div_ceil(TILE_R) * TILE_R
-}
-
-/// Work items for the integer kernels: panels of `panel` rows while there is plenty left,
-/// then ever smaller ones (down to [`TILE_R`] rows) as the rows run out — guided scheduling.
-/// The core that finishes first then waits for a small panel, not a whole one (with equal
-/// panels, a 128-row panel of the 1.4B's down projection is ~400 KB of weights, tens of µs
-/// of one core's stream, at the end of every call). `bounds` gets the panels' first rows and
-/// `n_out` (so item `i` is `bounds[i]..bounds[i + 1]`); it is reused, so decode allocates
-/// nothing.
-fn guided_panels(n_out: usize, panel: usize, threads: usize, bounds: &mut Vec<usize>) {
-    bounds.clear();
-    let mut n0 = 0;
-    while n0 < n_out {
-        bounds.push(n0);
-        let rest = n_out - n0;
-        // A quarter of each worker's share of what is left, in whole tiles.
-        let size = rest.div_ceil(4 * threads).div_ceil(TILE_R) * TILE_R;
-        n0 += size.clamp(TILE_R, panel.max(TILE_R)).min(rest);
-    }
-    bounds.push(n_out);
+    rows.max(1).div_ceil(TILE_R) * TILE_R
 }
 
 /// Runs `f(ctx, n0, n1)` on the pool for every panel `n0..n1` of `panel` output features,
-/// each claimed once from the pool's counter.
+/// each claimed once, in shares ([`Ctx::next_of`]).
 fn for_panels(
     pool: &ThreadPool,
     n_out: usize,
     panel: usize,
-    f: impl Fn(&mut super::pool::Ctx, usize, usize) + Sync,
+    f: impl Fn(&mut Ctx, usize, usize) + Sync,
 ) {
     let items = n_out.div_ceil(panel);
     pool.run(|ctx| {
-        loop {
-            let i = ctx.next();
-            if i >= items {
-                break;
-            }
+        while let Some(i) = ctx.next_of(items) {
             let n0 = i * panel;
             f(ctx, n0, (n0 + panel).min(n_out));
         }
@@ -264,8 +244,7 @@ struct RowsOf<'a> {
 
 /// The integer kernels (int16 or int8 activations) over every row of `projs`, which share
 /// the activation rows `x` and their width: `x` is quantised once and the rows of all
-/// projections are split into panels — [`guided_panels`] for the last projection, so the
-/// job's end is fine-grained — claimed by the pool's workers as one job.
+/// projections are split into panels, claimed in shares by the pool's workers as one job.
 fn integer_rows<'a>(
     pool: &ThreadPool,
     isa: Isa,
@@ -321,31 +300,20 @@ fn integer_rows<'a>(
         });
     }
     // Work items: (projection, first row), each up to the next item's first row or the
-    // projection's end.
-    let threads = pool.threads();
+    // projection's end; claimed in shares, so each core streams its consecutive rows.
     buf.items.clear();
-    let last = parts.iter().flatten().count();
     for (j, part) in parts.iter().flatten().enumerate() {
-        let panel = panel_rows(part.n_out, t_rows, threads, true);
-        if j + 1 == last {
-            guided_panels(part.n_out, panel, threads, &mut buf.bounds);
-            let starts = &buf.bounds[..buf.bounds.len() - 1];
-            buf.items.extend(starts.iter().map(|&n0| (j, n0)));
-        } else {
-            buf.items
-                .extend((0..part.n_out).step_by(panel).map(|n0| (j, n0)));
-        }
+        let panel = panel_rows(t_rows, part.row_bytes, true);
+        buf.items
+            .extend((0..part.n_out).step_by(panel).map(|n0| (j, n0)));
     }
     let items = &buf.items[..];
     let (qs, qs16, d, s) = (&buf.qs[..], &buf.qs16[..], &buf.d[..], &buf.s[..]);
     let paired: &[i16] = if pairs { &buf.qs16p } else { &[] };
     let split: &[u8] = if split { &buf.split } else { &[] };
     pool.run(|ctx| {
-        loop {
-            let i = ctx.next();
-            let Some(&(j, n0)) = items.get(i) else {
-                break;
-            };
+        while let Some(i) = ctx.next_of(items.len()) {
+            let (j, n0) = items[i];
             let Some(part) = parts[j] else {
                 break;
             };
@@ -425,7 +393,6 @@ pub fn matmul(
     if t_rows == 0 || n_out == 0 {
         return;
     }
-    let threads = pool.threads();
     let outp = OutPtr {
         ptr: out.as_mut_ptr(),
         ld: n_out,
@@ -493,7 +460,7 @@ pub fn matmul(
         simd::pack_bf16_acts(isa, x, k, &mut buf.bf);
         let xb = &buf.bf[..];
         // 32 weight rows (bf16: 32 × k × 2 bytes, in L2) per pass over the activations.
-        let panel = panel_rows(n_out, t_rows, threads, false);
+        let panel = panel_rows(t_rows, row_bytes, false);
         let dtype = w.dtype;
         for_panels(pool, n_out, panel, |ctx, n0, n1| {
             let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
@@ -510,7 +477,7 @@ pub fn matmul(
         return;
     }
 
-    let panel = panel_rows(n_out, t_rows, threads, false);
+    let panel = panel_rows(t_rows, row_bytes, false);
     let dtype = w.dtype;
     for_panels(pool, n_out, panel, |ctx, n0, n1| {
         let raw = &bytes[n0 * row_bytes..n1 * row_bytes];
@@ -587,37 +554,6 @@ mod tests {
             q => crate::quant::quantize(q, &v),
         };
         HostTensor::new(dtype, vec![n, k], Storage::from_bytes(&bytes))
-    }
-
-    #[test]
-    fn guided_panels_cover_every_row_once_and_shrink() {
-        let mut bounds = Vec::new();
-        for (n_out, panel, threads) in [
-            (2048, 128, 2),
-            (5632, 128, 2),
-            (49152, 128, 4),
-            (7, 8, 2),
-            (1, 8, 1),
-            (130, 16, 3),
-        ] {
-            guided_panels(n_out, panel, threads, &mut bounds);
-            assert_eq!((bounds[0], *bounds.last().unwrap()), (0, n_out));
-            let sizes: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
-            assert!(
-                sizes.iter().all(|&s| s > 0 && s <= panel.max(TILE_R)),
-                "{sizes:?}"
-            );
-            assert!(
-                sizes.windows(2).all(|w| w[1] <= w[0]),
-                "not shrinking: {sizes:?}"
-            );
-            // Whole tiles except at the very end, and a small last panel.
-            assert!(
-                sizes[..sizes.len() - 1].iter().all(|s| s % TILE_R == 0),
-                "{sizes:?}"
-            );
-            assert!(*sizes.last().unwrap() <= TILE_R, "{sizes:?}");
-        }
     }
 
     fn round_bf16(x: &[f32]) -> Vec<f32> {

@@ -5,8 +5,10 @@
 //! an epoch counter; idle workers spin on it for a short while (decode issues hundreds of
 //! ops per token, microseconds apart) and then park, so an idle engine costs no CPU. The
 //! caller runs the job too. Work is split into items claimed from a shared atomic counter
-//! ([`Ctx::next`]): no work stealing, and a worker that is descheduled (a busy machine) or
-//! still parked simply claims fewer items. When the caller has run out of items it *closes*
+//! ([`Ctx::next`]), or in shares ([`Ctx::next_of`]: each worker walks a contiguous share of
+//! the items in order — one long stream of weight rows per core — then helps with what is
+//! left of the others'); either way a worker that is descheduled (a busy machine) or still
+//! parked simply claims fewer items. When the caller has run out of items it *closes*
 //! the job: a worker that has not entered it by then skips it, so the caller waits only for
 //! workers that are actually running an item, never for one that has not woken up.
 //!
@@ -57,6 +59,8 @@ struct Shared {
     done: AtomicUsize,
     /// Work-item counter shared by the workers of the current job.
     counter: AtomicUsize,
+    /// Items claimed of each worker's share ([`Ctx::next_of`]).
+    claimed: Box<[Claimed]>,
     sleeping: Vec<AtomicBool>,
     threads: OnceLock<Vec<Thread>>,
     shutdown: AtomicBool,
@@ -70,6 +74,12 @@ struct Shared {
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
+/// A count of claimed items of one share, on a cache line of its own: each worker mostly
+/// counts in its own share, and no line bounces between the cores.
+#[derive(Default)]
+#[repr(align(128))]
+struct Claimed(AtomicUsize);
+
 /// What a worker sees while running a job.
 pub struct Ctx<'a> {
     /// This worker's index, `0..threads`.
@@ -77,12 +87,55 @@ pub struct Ctx<'a> {
     pub threads: usize,
     pub scratch: &'a mut Scratch,
     counter: &'a AtomicUsize,
+    claimed: &'a [Claimed],
+    /// Shares this worker has finished claiming from ([`Ctx::next_of`]).
+    round: usize,
 }
 
 impl<'a> Ctx<'a> {
+    fn new(
+        index: usize,
+        threads: usize,
+        scratch: &'a mut Scratch,
+        counter: &'a AtomicUsize,
+        claimed: &'a [Claimed],
+    ) -> Self {
+        Ctx {
+            index,
+            threads,
+            scratch,
+            counter,
+            claimed,
+            round: 0,
+        }
+    }
+
     /// The next unclaimed work item of this job (items start at 0 for every job).
     pub fn next(&self) -> usize {
         self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next unclaimed of the job's `n` work items, in shares: worker `w` first takes the
+    /// items of its own share, `w·n/threads..(w+1)·n/threads`, in order, then the rest of
+    /// each following worker's share, from where that worker is. `None` once this worker
+    /// finds nothing left. Every worker of a job must pass the same `n`, and a job uses
+    /// either this or [`Ctx::next`].
+    ///
+    /// Consecutive items of a share are consecutive memory where items are panels of weight
+    /// rows, so each core reads one long stream that the hardware prefetcher follows, where
+    /// a shared counter deals the panels out alternately and every panel starts a new stream.
+    pub fn next_of(&mut self, n: usize) -> Option<usize> {
+        let threads = self.claimed.len();
+        while self.round < threads {
+            let w = (self.index + self.round) % threads;
+            let (lo, hi) = (w * n / threads, (w + 1) * n / threads);
+            let i = lo + self.claimed[w].0.fetch_add(1, Ordering::Relaxed);
+            if i < hi {
+                return Some(i);
+            }
+            self.round += 1;
+        }
+        None
     }
 
     /// A handle on the job's work-item counter that does not borrow the context (so the
@@ -136,7 +189,7 @@ impl ThreadPool {
             entry: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             counter: AtomicUsize::new(0),
-
+            claimed: (0..n).map(|_| Claimed::default()).collect(),
             sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
             threads: OnceLock::new(),
             shutdown: AtomicBool::new(false),
@@ -195,6 +248,9 @@ impl ThreadPool {
         // next epoch is not published yet).
         unsafe { *s.job.get() = Some(ptr) };
         s.counter.store(0, Ordering::Relaxed);
+        for c in &s.claimed {
+            c.0.store(0, Ordering::Relaxed);
+        }
         s.done.store(0, Ordering::Relaxed);
         s.panicked.store(false, Ordering::Relaxed);
         let epoch = s.epoch.load(Ordering::Relaxed).wrapping_add(1);
@@ -211,12 +267,7 @@ impl ThreadPool {
         let result = catch_unwind(AssertUnwindSafe(|| {
             // SAFETY: index 0 is this thread's for the duration of the job.
             let scratch = unsafe { &mut *s.scratch[0].get() };
-            let mut ctx = Ctx {
-                index: 0,
-                threads: s.n,
-                scratch,
-                counter: &s.counter,
-            };
+            let mut ctx = Ctx::new(0, s.n, scratch, &s.counter, &s.claimed);
             f(&mut ctx);
         }));
         // Close the job and wait for the workers that entered it.
@@ -240,26 +291,17 @@ impl ThreadPool {
         let s = &*self.shared;
         let mut local = Scratch::default();
         let counter = AtomicUsize::new(0);
+        let claimed = [Claimed::default()];
         let scratch = if s.n == 1 && !IN_WORKER.get() {
             // SAFETY: a single-threaded pool is used by one caller at a time (the lock).
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             let scratch = unsafe { &mut *s.scratch[0].get() };
-            let mut ctx = Ctx {
-                index: 0,
-                threads: 1,
-                scratch,
-                counter: &counter,
-            };
+            let mut ctx = Ctx::new(0, 1, scratch, &counter, &claimed);
             return f(&mut ctx);
         } else {
             &mut local
         };
-        let mut ctx = Ctx {
-            index: 0,
-            threads: 1,
-            scratch,
-            counter: &counter,
-        };
+        let mut ctx = Ctx::new(0, 1, scratch, &counter, &claimed);
         f(&mut ctx);
     }
 }
@@ -316,12 +358,7 @@ fn worker(s: Arc<Shared>, index: usize) {
             let r = catch_unwind(AssertUnwindSafe(|| {
                 // SAFETY: index `index` belongs to this thread during the job.
                 let scratch = unsafe { &mut *s.scratch[index].get() };
-                let mut ctx = Ctx {
-                    index,
-                    threads: s.n,
-                    scratch,
-                    counter: &s.counter,
-                };
+                let mut ctx = Ctx::new(index, s.n, scratch, &s.counter, &s.claimed);
                 unsafe { (*job)(&mut ctx) };
             }));
             if r.is_err() {
@@ -419,6 +456,35 @@ mod tests {
             }
         });
         assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn items_in_shares_are_claimed_once_and_shares_in_order() {
+        for threads in [1, 2, 3, 5] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for n in [0, 1, 2, 7, 1000] {
+                let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                let in_order = AtomicBool::new(true);
+                pool.run(|ctx| {
+                    let share = ctx.index * n / ctx.threads..(ctx.index + 1) * n / ctx.threads;
+                    let mut last = None;
+                    while let Some(i) = ctx.next_of(n) {
+                        seen[i].fetch_add(1, Ordering::Relaxed);
+                        // A worker's own share comes first, in order.
+                        if share.contains(&i) && last.is_some_and(|l| !share.contains(&l) || l >= i)
+                        {
+                            in_order.store(false, Ordering::Relaxed);
+                        }
+                        last = Some(i);
+                    }
+                });
+                assert!(
+                    seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                    "{threads} threads, {n} items"
+                );
+                assert!(in_order.load(Ordering::Relaxed));
+            }
+        }
     }
 
     #[test]

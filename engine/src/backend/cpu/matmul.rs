@@ -3,8 +3,8 @@
 //! - Quantised weights (Q4_0, Q4_1, Q8_0), few activation rows (decode): the rows are
 //!   quantised once per call (by the calling thread) to int8 per 32-block as ggml does
 //!   (default) or int16 (`POCKETVLM_ACT=int16`: within float rounding of f32 activations;
-//!   see [`ActPrecision`]), and the SIMD integer kernels dot them with the weight blocks as stored — every weight
-//!   byte is read once per call. For one row (decode) the x86 kernels reduce 16 (8) blocks'
+//!   see [`ActPrecision`]), and the SIMD integer kernels dot them with the weight blocks
+//!   as stored — every weight byte is read once per call. For one row (decode) the x86 kernels reduce 16 (8) blocks'
 //!   integer dots together before scaling them (see `simd::x86`); on AVX-512 the row is
 //!   also handed over in pair order (`simd::pair_blocks16`), or, for Q4 weights with
 //!   AVX-512 VBMI, split into high and low bytes (`simd::split_blocks16`; int8 rows go to
